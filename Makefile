@@ -1,0 +1,59 @@
+# pyspec: `make run` and `make test` set everything up in .venv from nothing, then run.
+# Both are idempotent: a finished step is skipped until its inputs change.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+EXT_SOURCES := $(shell find csrc -name '*.h' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.cu') setup.py pyproject.toml
+PYTEST_ARGS ?=
+
+.PHONY: setup run test test-slow bench lint cuda-build-check cmake-build clean
+
+setup: $(VENV)/.built
+
+$(VENV)/.deps: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.built: $(VENV)/.deps $(EXT_SOURCES)
+	$(PIP) install --quiet --no-build-isolation --no-deps -e .
+	touch $@
+
+# The main job: for now, the ops benchmark (quick mode); `make bench` runs the full one.
+run: setup
+	$(PY) benchmarks/ops.py --quick
+
+bench: setup
+	$(PY) benchmarks/ops.py
+
+test: setup
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check pyspec planner tests benchmarks
+	$(VENV)/bin/ruff format --check pyspec planner tests benchmarks
+
+# Full CUDA build of the extension without a GPU, in its own environment with a CUDA build of torch
+# (torch==2.14.1, ~5.5 GB, mostly from local disk). Not part of `make test`.
+CUDA_VENV := .venv-cuda
+CUDA_HOME ?= $(shell dirname $$(dirname $$(command -v nvcc)))
+cuda-build-check:
+	test -x $(CUDA_VENV)/bin/python || $(PYTHON) -m venv $(CUDA_VENV)
+	$(CUDA_VENV)/bin/pip install --quiet torch==2.14.1 numpy==2.4.6 setuptools==84.2.1 wheel==0.48.0 ninja==1.13.2
+	rm -rf build/cuda-check
+	CUDA_HOME=$(CUDA_HOME) PYSPEC_CUDA=1 MAX_JOBS=2 $(CUDA_VENV)/bin/python setup.py build_ext \
+	    --build-temp build/cuda-check/tmp --build-lib build/cuda-check/lib
+	@echo "CUDA build OK: $$(find build/cuda-check/lib -name '_C*.so')"
+
+# The same sources through CMake (IDEs, kernel-level work).
+cmake-build: setup
+	cmake -S . -B build/cmake -DPython3_EXECUTABLE=$(abspath $(PY)) -DCMAKE_BUILD_TYPE=Release
+	cmake --build build/cmake -j2
+
+clean:
+	rm -rf build pyspec/_C*.so *.egg-info $(VENV)/.built

@@ -1,0 +1,28 @@
+// Every pyspec op's schema, in one TORCH_LIBRARY block. Backends register their kernels apart:
+// csrc/ops/cpu/*.cpp (CPU) and csrc/ops/cuda/*.cu (CUDA). Shapes and semantics: pyspec/ops.py.
+#include <Python.h>
+#include <torch/library.h>
+
+// The extension is imported from Python (import pyspec._C) only for the registrations below.
+extern "C" {
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(pyspec, m) {
+  // Writes the new tokens' K/V at each sequence's own length (slot kv_lens[b] + i): no padding.
+  m.def("paged_kv_append(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor k, Tensor v, Tensor qo_indptr, "
+        "Tensor page_table, Tensor kv_lens) -> ()");
+  // Ragged attention of new tokens over their sequence's committed KV and their tree ancestors.
+  m.def("tree_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor qo_indptr, Tensor page_table, "
+        "Tensor kv_lens, Tensor? tree_mask, float scale) -> Tensor");
+  // Moves accepted nodes' K/V right after each committed prefix, in place; kv_lens += accepted.
+  m.def("kv_compact(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor(c!) kv_lens, Tensor page_table, "
+        "Tensor accept_indptr, Tensor accept_nodes) -> ()");
+  // Copies whole pages src_pages[i] -> dst_pages[i] (copy-on-write of shared pages).
+  m.def("copy_pages(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor src_pages, Tensor dst_pages) -> ()");
+  // Rotary position embedding (Llama/Qwen2 rotate-half) at explicit per-token positions.
+  m.def("rotary_embedding(Tensor x, Tensor positions, Tensor inv_freq) -> Tensor");
+}

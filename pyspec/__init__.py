@@ -1,0 +1,12 @@
+"""pyspec: fast, lossless LLM decoding.
+
+The compiled ops (tree attention, ragged paged-KV append, compaction, page copies, rotary embedding)
+live in :mod:`pyspec.ops`; their plain-PyTorch specification is :mod:`pyspec.reference`.
+"""
+
+from pyspec import ops, reference
+from pyspec.kv_cache import OutOfPagesError, PagedKVCache
+from pyspec.tree import ancestor_mask, pack_tree_masks
+
+__all__ = ["ops", "reference", "PagedKVCache", "OutOfPagesError", "ancestor_mask", "pack_tree_masks"]
+__version__ = "0.1.0"

@@ -1,0 +1,193 @@
+"""pyspec's compiled ops: thin wrappers over ``torch.ops.pyspec.*`` and their fake (meta) kernels.
+
+Vocabulary (see DESIGN.md):
+
+- KV pools ``k_cache``, ``v_cache``: ``[num_pages, page_size, kv_heads, head_dim]`` for one layer
+  (``kv_compact`` and ``copy_pages`` also take ``[num_layers, num_pages, ...]`` to act on all layers).
+- Ragged batch: the new tokens of B sequences concatenated; ``qo_indptr`` int32 ``[B + 1]``: sequence b
+  owns rows ``qo_indptr[b]:qo_indptr[b + 1]``.
+- ``page_table`` int32 ``[B, max_pages]``: slot s of sequence b is row ``s % page_size`` of page
+  ``page_table[b, s // page_size]``. ``kv_lens`` int32 ``[B]``: committed length of each sequence.
+- New token i of sequence b has its K/V at slot ``kv_lens[b] + i`` (written by :func:`paged_kv_append`).
+
+Every op checks its arguments and raises ``RuntimeError`` with the argument's name on bad input.
+The plain-PyTorch specification of each op is the function of the same name in :mod:`pyspec.reference`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from pyspec import _C  # noqa: F401  (registers torch.ops.pyspec.*)
+
+__all__ = [
+    "paged_kv_append",
+    "tree_attention",
+    "kv_compact",
+    "copy_pages",
+    "rotary_embedding",
+    "rope_inv_freq",
+]
+
+
+def paged_kv_append(
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    qo_indptr: torch.Tensor,
+    page_table: torch.Tensor,
+    kv_lens: torch.Tensor,
+) -> None:
+    """Writes the K/V of a ragged batch of new tokens into each sequence's pages at its own length.
+
+    ``k``, ``v``: ``[T, kv_heads, head_dim]``. Token i of sequence b goes to slot ``kv_lens[b] + i``;
+    no padding, no alignment across sequences. ``kv_lens`` is not changed (the caller commits).
+
+    Example:
+        >>> kc = torch.zeros(4, 16, 2, 64); vc = torch.zeros_like(kc)
+        >>> k = torch.randn(3, 2, 64); indptr = torch.tensor([0, 1, 3], dtype=torch.int32)
+        >>> table = torch.tensor([[0], [2]], dtype=torch.int32); lens = torch.tensor([5, 0], dtype=torch.int32)
+        >>> paged_kv_append(kc, vc, k, k, indptr, table, lens)
+        >>> bool((kc[0, 5] == k[0]).all() and (kc[2, 1] == k[2]).all())
+        True
+    """
+    torch.ops.pyspec.paged_kv_append(k_cache, v_cache, k, v, qo_indptr, page_table, kv_lens)
+
+
+def tree_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    qo_indptr: torch.Tensor,
+    page_table: torch.Tensor,
+    kv_lens: torch.Tensor,
+    tree_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Attention of a ragged batch of new tokens over a paged KV cache, with a tree mask.
+
+    ``q``: ``[T, q_heads, head_dim]`` (q_heads a multiple of kv_heads: grouped-query attention).
+    New token i of sequence b sees the committed slots ``[0, kv_lens[b])`` and the new tokens j of
+    its sequence with ``mask_b[i, j]``; ``tree_mask`` is every sequence's ``[n_b, n_b]`` bool mask
+    flattened and concatenated (see :func:`pyspec.tree.pack_tree_masks`); ``None`` means causal (a
+    chain). The new tokens' K/V must already be in the cache (:func:`paged_kv_append`).
+    ``scale`` defaults to ``1 / sqrt(head_dim)``. Returns ``[T, q_heads, head_dim]``.
+
+    A row's result is bitwise the same whatever else is in the batch, and a tree node's equals the
+    result of decoding it alone once its ancestors are committed.
+
+    Example:
+        >>> kc = torch.randn(2, 16, 1, 64); vc = torch.randn_like(kc)
+        >>> q = torch.randn(2, 3, 64); indptr = torch.tensor([0, 2], dtype=torch.int32)
+        >>> table = torch.tensor([[1, 0]], dtype=torch.int32); lens = torch.tensor([20], dtype=torch.int32)
+        >>> tree_attention(q, kc, vc, indptr, table, lens).shape
+        torch.Size([2, 3, 64])
+    """
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    return torch.ops.pyspec.tree_attention(q, k_cache, v_cache, qo_indptr, page_table, kv_lens, tree_mask, scale)
+
+
+def kv_compact(
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    kv_lens: torch.Tensor,
+    page_table: torch.Tensor,
+    accept_indptr: torch.Tensor,
+    accept_nodes: torch.Tensor,
+) -> None:
+    """Keeps only the accepted path of each sequence's verified tree, in place, for all sequences.
+
+    Node j of sequence b sits at slot ``kv_lens[b] + j``. The accepted nodes
+    ``accept_nodes[accept_indptr[b]:accept_indptr[b + 1]]`` (strictly increasing) move to the slots
+    right after the committed prefix, and ``kv_lens[b]`` grows by their number. Caches may carry a
+    leading layer dimension to compact every layer in one call.
+
+    Example:
+        >>> kc = torch.randn(1, 8, 1, 4); vc = kc.clone(); lens = torch.tensor([2], dtype=torch.int32)
+        >>> node3 = kc[0, 2 + 3].clone()
+        >>> kv_compact(kc, vc, lens, torch.tensor([[0]], dtype=torch.int32),
+        ...            torch.tensor([0, 2], dtype=torch.int32), torch.tensor([0, 3], dtype=torch.int32))
+        >>> bool((kc[0, 3] == node3).all()), int(lens[0])
+        (True, 4)
+    """
+    torch.ops.pyspec.kv_compact(k_cache, v_cache, kv_lens, page_table, accept_indptr, accept_nodes)
+
+
+def copy_pages(k_cache: torch.Tensor, v_cache: torch.Tensor, src_pages: torch.Tensor, dst_pages: torch.Tensor) -> None:
+    """Copies whole pages ``src_pages[i] -> dst_pages[i]`` (all layers when the cache has a layer dim).
+
+    Used for copy-on-write of a shared, partly filled page. Destinations must be distinct and not
+    sources.
+
+    Example:
+        >>> kc = torch.randn(3, 4, 1, 8); vc = torch.randn_like(kc)
+        >>> copy_pages(kc, vc, torch.tensor([0], dtype=torch.int32), torch.tensor([2], dtype=torch.int32))
+        >>> bool((kc[2] == kc[0]).all())
+        True
+    """
+    torch.ops.pyspec.copy_pages(k_cache, v_cache, src_pages, dst_pages)
+
+
+def rotary_embedding(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding at explicit positions, Llama/Qwen2 ("rotate half") convention.
+
+    ``x``: ``[T, heads, head_dim]``; ``positions``: int64 ``[T]`` (a tree node's position is the
+    committed length plus its depth); ``inv_freq``: float32 ``[head_dim / 2]`` (:func:`rope_inv_freq`).
+
+    Example:
+        >>> x = torch.randn(3, 2, 8)
+        >>> out = rotary_embedding(x, torch.tensor([0, 1, 2]), rope_inv_freq(8, 10000.0))
+        >>> torch.equal(out[0], x[0])  # position 0 is the identity
+        True
+    """
+    return torch.ops.pyspec.rotary_embedding(x, positions, inv_freq)
+
+
+def rope_inv_freq(head_dim: int, base: float, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Inverse frequencies ``base ** (-2i / head_dim)`` in float32, computed as transformers does.
+
+    Example:
+        >>> rope_inv_freq(4, 10000.0)
+        tensor([1.0000, 0.0100])
+    """
+    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim
+    return 1.0 / (base**exponent)
+
+
+# Fake kernels: shapes only, so torch.compile and FakeTensor tracing go through the ops.
+
+
+@torch.library.register_fake("pyspec::paged_kv_append")
+def _(k_cache, v_cache, k, v, qo_indptr, page_table, kv_lens):
+    torch._check(k.shape == v.shape, lambda: "pyspec: k and v must have the same shape")
+    torch._check(k.shape[1:] == k_cache.shape[2:], lambda: "pyspec: k must be [T, kv_heads, head_dim] of the cache")
+    return None
+
+
+@torch.library.register_fake("pyspec::tree_attention")
+def _(q, k_cache, v_cache, qo_indptr, page_table, kv_lens, tree_mask, scale):
+    torch._check(q.dim() == 3 and q.shape[2] == k_cache.shape[3], lambda: "pyspec: q must be [T, heads, head_dim]")
+    torch._check(q.shape[1] % k_cache.shape[2] == 0, lambda: "pyspec: q heads must be a multiple of kv heads")
+    return torch.empty_like(q)
+
+
+@torch.library.register_fake("pyspec::kv_compact")
+def _(k_cache, v_cache, kv_lens, page_table, accept_indptr, accept_nodes):
+    torch._check(accept_indptr.shape[0] == kv_lens.shape[0] + 1, lambda: "pyspec: accept_indptr must be [B + 1]")
+    return None
+
+
+@torch.library.register_fake("pyspec::copy_pages")
+def _(k_cache, v_cache, src_pages, dst_pages):
+    torch._check(src_pages.shape == dst_pages.shape, lambda: "pyspec: src_pages and dst_pages must match")
+    return None
+
+
+@torch.library.register_fake("pyspec::rotary_embedding")
+def _(x, positions, inv_freq):
+    torch._check(x.dim() == 3 and positions.shape[0] == x.shape[0], lambda: "pyspec: x must be [T, heads, dim]")
+    return torch.empty_like(x)
