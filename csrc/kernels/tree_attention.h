@@ -31,7 +31,7 @@ namespace pyspec::cpu {
 constexpr int kLanes = 8;              // floats per vector register (AVX2); also fine on SSE/NEON
 constexpr int kTile = 32;              // keys per tile: the unit of the online softmax
 constexpr int kChunk = 512;            // keys per chunk: the unit of the parallel split (multiple of kTile)
-constexpr int kRowsPerItem = 96;       // query rows (tokens x group heads) per work item, at most
+constexpr int kRowsPerItem = 192;      // query rows (tokens x group heads) per work item, at most
 constexpr int kTileVecs = kTile / kLanes;
 
 typedef float vfloat __attribute__((vector_size(kLanes * sizeof(float))));
@@ -80,35 +80,37 @@ inline vfloat exp2_neg(vfloat x) {
 }
 inline float exp2_neg(float x) { return exp2_neg(splat(x))[0]; }
 
+// Micro-kernels are sized for 16 vector registers (AVX2): RB broadcasts + 1 load + RB x NV accumulators.
+
 // S[r][0:kTile] = Q[r] . Kt[:, 0:kTile] for RB rows; per element the sum runs over d in order, so
 // the result does not depend on RB.
 template <int RB>
 inline void scores_block(const float* Q, int64_t dp, const float* Kt, float* S) {
   vfloat acc[RB][kTileVecs] = {};
   for (int64_t d = 0; d < dp; ++d) {
-    vfloat k[kTileVecs];
-    for (int v = 0; v < kTileVecs; ++v) k[v] = load(Kt + d * kTile + v * kLanes);
-    for (int r = 0; r < RB; ++r) {
-      const vfloat q = splat(Q[r * dp + d]);
-      for (int v = 0; v < kTileVecs; ++v) acc[r][v] += q * k[v];
+    vfloat q[RB];
+    for (int r = 0; r < RB; ++r) q[r] = splat(Q[r * dp + d]);
+    for (int v = 0; v < kTileVecs; ++v) {
+      const vfloat k = load(Kt + d * kTile + v * kLanes);
+      for (int r = 0; r < RB; ++r) acc[r][v] += q[r] * k;
     }
   }
   for (int r = 0; r < RB; ++r)
     for (int v = 0; v < kTileVecs; ++v) store(S + r * kTile + v * kLanes, acc[r][v]);
 }
 
-// O[r] += sum_{j < count} P[r][j] V[j] for RB rows, over head-dim columns [c0, c0 + 8 * NV).
+// O[r] += sum_{j < count} P[r][j] V[j] for RB rows, over head-dim columns [c0, c0 + kLanes * NV).
 template <int RB, int NV>
 inline void pv_block(const float* P, const float* V, int64_t dp, int count, int64_t c0, float* O) {
   vfloat acc[RB][NV];
   for (int r = 0; r < RB; ++r)
     for (int v = 0; v < NV; ++v) acc[r][v] = load(O + r * dp + c0 + v * kLanes);
   for (int j = 0; j < count; ++j) {
-    vfloat vv[NV];
-    for (int v = 0; v < NV; ++v) vv[v] = load(V + j * dp + c0 + v * kLanes);
-    for (int r = 0; r < RB; ++r) {
-      const vfloat p = splat(P[r * kTile + j]);
-      for (int v = 0; v < NV; ++v) acc[r][v] += p * vv[v];
+    vfloat p[RB];
+    for (int r = 0; r < RB; ++r) p[r] = splat(P[r * kTile + j]);
+    for (int v = 0; v < NV; ++v) {
+      const vfloat x = load(V + j * dp + c0 + v * kLanes);
+      for (int r = 0; r < RB; ++r) acc[r][v] += p[r] * x;
     }
   }
   for (int r = 0; r < RB; ++r)
@@ -118,7 +120,7 @@ inline void pv_block(const float* P, const float* V, int64_t dp, int count, int6
 template <int RB>
 inline void pv_rows(const float* P, const float* V, int64_t dp, int count, float* O) {
   int64_t c = 0;
-  for (; c + 8 * kLanes <= dp; c += 8 * kLanes) pv_block<RB, 8>(P, V, dp, count, c, O);
+  for (; c + 4 * kLanes <= dp; c += 4 * kLanes) pv_block<RB, 4>(P, V, dp, count, c, O);
   for (; c < dp; c += kLanes) pv_block<RB, 1>(P, V, dp, count, c, O);
 }
 
@@ -146,7 +148,7 @@ inline void attend_tile(RowsState& st, int64_t r0, int64_t nr, const int* counts
   float* S = st.S.data() + r0 * kTile;
   const float* Q = st.Q.data() + r0 * dp;
   int64_t r = 0;
-  for (; r + 4 <= nr; r += 4) scores_block<4>(Q + r * dp, dp, Kt, S + r * kTile);
+  for (; r + 3 <= nr; r += 3) scores_block<3>(Q + r * dp, dp, Kt, S + r * kTile);
   for (; r < nr; ++r) scores_block<1>(Q + r * dp, dp, Kt, S + r * kTile);
 
   const float neg_inf = -std::numeric_limits<float>::infinity();
@@ -172,6 +174,7 @@ inline void attend_tile(RowsState& st, int64_t r0, int64_t nr, const int* counts
       sum += p;
     }
     st.l[r0 + r] = st.l[r0 + r] * alpha + hsum(sum);
+    if (m_new == m) continue;  // alpha == 1: rescaling would be exact, skip it
     m = m_new;
     float* o = st.O.data() + (r0 + r) * dp;
     const vfloat a = splat(alpha);
@@ -179,7 +182,7 @@ inline void attend_tile(RowsState& st, int64_t r0, int64_t nr, const int* counts
   }
   // Rows whose list ends earlier have p = 0 past their count: adding 0 * V leaves them unchanged.
   float* O = st.O.data() + r0 * dp;
-  for (r = 0; r + 2 <= nr; r += 2) pv_rows<2>(S + r * kTile, V, dp, max_count, O + r * dp);
+  for (r = 0; r + 3 <= nr; r += 3) pv_rows<3>(S + r * kTile, V, dp, max_count, O + r * dp);
   for (; r < nr; ++r) pv_rows<1>(S + r * kTile, V, dp, max_count, O + r * dp);
 }
 

@@ -2,6 +2,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <atomic>
 #include <cmath>
 
 #include "../../kernels/tree_attention.h"
@@ -45,8 +46,11 @@ at::Tensor tree_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, co
                                   float(scale)};
     cpu::Partials part;
     const auto items = cpu::plan_tree_attention(p, part);
-    at::parallel_for(0, int64_t(items.size()), 1, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) cpu::run_attention_item(p, items[i], part);
+    // Items differ in cost (last chunks, tree tails): threads take them one at a time.
+    std::atomic<int64_t> next{0};
+    const int64_t num_items = int64_t(items.size());
+    at::parallel_for(0, std::min<int64_t>(at::get_num_threads(), num_items), 1, [&](int64_t, int64_t) {
+      for (int64_t i = next++; i < num_items; i = next++) cpu::run_attention_item(p, items[i], part);
     });
     at::parallel_for(0, q.size(0), 4, [&](int64_t b, int64_t e) {
       cpu::merge_attention_chunks(p, part, seq.data(), b, e);
