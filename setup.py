@@ -45,7 +45,8 @@ def sources(pattern: str) -> list[str]:
 
 
 def extension():
-    cxx = ["-O3", "-std=c++17", "-fopenmp", "-ffp-contract=fast", "-Wall", "-Wno-unknown-pragmas"]
+    # No -std: torch's cpp_extension picks the standard its headers need (C++17 or C++20).
+    cxx = ["-O3", "-fopenmp", "-ffp-contract=fast", "-Wall", "-Wno-unknown-pragmas", "-Wno-psabi"]
     if _flag("PYSPEC_NATIVE", "1") not in ("0", "off", "false", "no"):
         cxx.append("-march=native")
     srcs = sources("csrc/ops/*.cpp") + sources("csrc/ops/cpu/*.cpp")
@@ -53,7 +54,7 @@ def extension():
     if use_cuda():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", os.environ.get("PYSPEC_CUDA_ARCH", "9.0"))
         srcs += sources("csrc/kernels/*.cu") + sources("csrc/ops/cuda/*.cu")
-        kwargs["extra_compile_args"]["nvcc"] = ["-O3", "-std=c++17", "--expt-relaxed-constexpr"]
+        kwargs["extra_compile_args"]["nvcc"] = ["-O3", "--expt-relaxed-constexpr"]
         return cpp_extension.CUDAExtension(sources=srcs, **kwargs)
     return cpp_extension.CppExtension(sources=srcs, **kwargs)
 

@@ -32,6 +32,15 @@ __all__ = [
 ]
 
 
+def _check_devices(**tensors: torch.Tensor | None) -> None:
+    """All tensor arguments of an op must be on one device (the kernels never move data)."""
+    named = [(name, t.device) for name, t in tensors.items() if t is not None]
+    for name, device in named[1:]:
+        if device != named[0][1]:
+            raise RuntimeError(f"pyspec: {name} is on {device} but {named[0][0]} is on {named[0][1]}; "
+                               "all arguments must be on one device")
+
+
 def paged_kv_append(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
@@ -54,6 +63,8 @@ def paged_kv_append(
         >>> bool((kc[0, 5] == k[0]).all() and (kc[2, 1] == k[2]).all())
         True
     """
+    _check_devices(k_cache=k_cache, v_cache=v_cache, k=k, v=v, qo_indptr=qo_indptr, page_table=page_table,
+                   kv_lens=kv_lens)
     torch.ops.pyspec.paged_kv_append(k_cache, v_cache, k, v, qo_indptr, page_table, kv_lens)
 
 
@@ -86,6 +97,8 @@ def tree_attention(
         >>> tree_attention(q, kc, vc, indptr, table, lens).shape
         torch.Size([2, 3, 64])
     """
+    _check_devices(k_cache=k_cache, v_cache=v_cache, q=q, qo_indptr=qo_indptr, page_table=page_table,
+                   kv_lens=kv_lens, tree_mask=tree_mask)
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     return torch.ops.pyspec.tree_attention(q, k_cache, v_cache, qo_indptr, page_table, kv_lens, tree_mask, scale)
@@ -114,6 +127,8 @@ def kv_compact(
         >>> bool((kc[0, 3] == node3).all()), int(lens[0])
         (True, 4)
     """
+    _check_devices(k_cache=k_cache, v_cache=v_cache, kv_lens=kv_lens, page_table=page_table,
+                   accept_indptr=accept_indptr, accept_nodes=accept_nodes)
     torch.ops.pyspec.kv_compact(k_cache, v_cache, kv_lens, page_table, accept_indptr, accept_nodes)
 
 
@@ -129,6 +144,7 @@ def copy_pages(k_cache: torch.Tensor, v_cache: torch.Tensor, src_pages: torch.Te
         >>> bool((kc[2] == kc[0]).all())
         True
     """
+    _check_devices(k_cache=k_cache, v_cache=v_cache, src_pages=src_pages, dst_pages=dst_pages)
     torch.ops.pyspec.copy_pages(k_cache, v_cache, src_pages, dst_pages)
 
 
@@ -144,6 +160,7 @@ def rotary_embedding(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.T
         >>> torch.equal(out[0], x[0])  # position 0 is the identity
         True
     """
+    _check_devices(x=x, positions=positions, inv_freq=inv_freq)
     return torch.ops.pyspec.rotary_embedding(x, positions, inv_freq)
 
 

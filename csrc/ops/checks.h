@@ -99,8 +99,9 @@ inline HostTables check_tables(const PagedKV& kv, const at::Tensor& cache, const
     TORCH_CHECK(ind[b + 1] >= ind[b], "pyspec: qo_indptr must be non-decreasing, but qo_indptr[", b + 1,
                 "] = ", ind[b + 1], " < qo_indptr[", b, "] = ", ind[b]);
     TORCH_CHECK(pt.kv_lens[b] >= 0, "pyspec: kv_lens[", b, "] = ", pt.kv_lens[b], " is negative");
-    check_pages_cover(kv, pt, b, int64_t(pt.kv_lens[b]) + ind[b + 1] - ind[b], "committed + new");
   }
+  for (int64_t b = 0; b < B; ++b)
+    check_pages_cover(kv, pt, b, int64_t(pt.kv_lens[b]) + ind[b + 1] - ind[b], "committed + new");
   return h;
 }
 
