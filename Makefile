@@ -39,13 +39,15 @@ lint: setup
 	$(VENV)/bin/ruff format --check pyspec planner tests benchmarks
 
 # Full CUDA build of the extension without a GPU, in its own environment with a CUDA build of torch
-# (torch==2.14.1, ~5.5 GB, mostly from local disk). Not part of `make test`.
+# (torch==2.14.1, ~5.5 GB, mostly from local disk). Not part of `make test`. The CUDA library headers
+# torch's bindings include (cusparse.h, ...) come from the nvidia wheels torch depends on.
 CUDA_VENV := .venv-cuda
-CUDA_HOME ?= $(shell dirname $$(dirname $$(command -v nvcc)))
+CUDA_HOME ?= $(firstword $(wildcard /usr/local/cuda) $(shell dirname $$(dirname $$(command -v nvcc))))
 cuda-build-check:
 	test -x $(CUDA_VENV)/bin/python || $(PYTHON) -m venv $(CUDA_VENV)
 	$(CUDA_VENV)/bin/pip install --quiet torch==2.14.1 numpy==2.4.6 setuptools==84.2.1 wheel==0.48.0 ninja==1.13.2
 	rm -rf build/cuda-check
+	CPATH=$$($(CUDA_VENV)/bin/python -c "import glob, nvidia; print(':'.join(glob.glob(nvidia.__path__[0] + '/*/include')))") \
 	CUDA_HOME=$(CUDA_HOME) PYSPEC_CUDA=1 MAX_JOBS=2 $(CUDA_VENV)/bin/python setup.py build_ext \
 	    --build-temp build/cuda-check/tmp --build-lib build/cuda-check/lib
 	@echo "CUDA build OK: $$(find build/cuda-check/lib -name '_C*.so')"
