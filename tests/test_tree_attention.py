@@ -139,3 +139,11 @@ def test_default_scale_and_row_without_keys():
     assert torch.equal(out[0], torch.zeros_like(out[0]))
     explicit = ops.tree_attention(b.q, b.k_cache, b.v_cache, *b.args(), b.tree_mask, 1 / math.sqrt(64))
     assert torch.equal(out, explicit)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("committed", [0, 700])
+def test_long_prefill_across_chunks(device, committed):
+    """A prompt longer than a chunk (512 keys): rows reach different numbers of chunks."""
+    b = make_batch([committed, 3], [1100, 2], group=3, device=device, seed=7)
+    assert_close_to_fp64(b, run(b, mask=False), mask=False)

@@ -207,16 +207,34 @@ struct AttentionItem {
   int32_t seq, kv_head, chunk, token_begin, token_end;
 };
 
-// Partial results per (token, q head, chunk slot): m, l and the unnormalised output.
+// Partial results per (token, chunk, q head): m, l and the unnormalised output. Token t's chunks are
+// slots chunk_base[t] .. chunk_base[t + 1] - 1: only the chunks its key list reaches.
 struct Partials {
   int64_t dp = 0;
-  std::vector<int64_t> chunk_base;  // [T] first chunk slot of each token
-  std::vector<float> m, l, o;        // [slots], [slots], [slots * dp] where slot = (base + c) * q_heads + h
+  std::vector<int64_t> chunk_base;  // [T + 1] CSR offsets of each token's chunk slots
+  std::vector<float> m, l, o;        // [slots * q_heads], same, [slots * q_heads * dp]
+
+  int64_t num_chunks_of(int64_t token) const { return chunk_base[token + 1] - chunk_base[token]; }
+  int64_t slot(int64_t token, int64_t chunk, int64_t q_heads, int64_t head) const {
+    return (chunk_base[token] + chunk) * q_heads + head;
+  }
 };
 
 inline int64_t num_chunks(int64_t keys) { return (keys + kChunk - 1) / kChunk; }
 
-// Lists the work items and sizes the partial buffers.
+// Length of the logical key list of new token i (local index) of sequence b.
+template <typename T>
+int64_t num_keys(const TreeAttentionParams<T>& p, int64_t b, int64_t i, int64_t n) {
+  int64_t visible = i + 1;
+  if (p.mask != nullptr) {
+    const uint8_t* row = p.mask + p.mask_indptr[b] + i * n;
+    visible = 0;
+    for (int64_t j = 0; j < n; ++j) visible += row[j] != 0;
+  }
+  return p.tables.kv_lens[b] + visible;
+}
+
+// Lists the work items (skipping chunks no token of the block reaches) and sizes the partials.
 template <typename T>
 std::vector<AttentionItem> plan_tree_attention(const TreeAttentionParams<T>& p, Partials& part) {
   std::vector<AttentionItem> items;
@@ -224,22 +242,24 @@ std::vector<AttentionItem> plan_tree_attention(const TreeAttentionParams<T>& p, 
   const int64_t tokens_per_item = std::max<int64_t>(1, kRowsPerItem / group);
   const int64_t num_tokens = p.qo_indptr[p.tables.batch_size];
   part.dp = (p.kv.head_dim + kLanes - 1) / kLanes * kLanes;
-  part.chunk_base.assign(num_tokens, 0);
-  int64_t slots = 0;
+  part.chunk_base.assign(num_tokens + 1, 0);
   for (int64_t b = 0; b < p.tables.batch_size; ++b) {
     const int64_t t0 = p.qo_indptr[b], t1 = p.qo_indptr[b + 1];
-    if (t1 == t0) continue;
-    const int64_t chunks = num_chunks(p.tables.kv_lens[b] + (t1 - t0));
-    for (int64_t t = t0; t < t1; ++t, slots += chunks) part.chunk_base[t] = slots;
-    for (int64_t h = 0; h < p.kv.kv_heads; ++h)
-      for (int64_t c = 0; c < chunks; ++c)
-        for (int64_t s = t0; s < t1; s += tokens_per_item)
-          items.push_back({int32_t(b), int32_t(h), int32_t(c), int32_t(s),
-                           int32_t(std::min(t1, s + tokens_per_item))});
+    for (int64_t t = t0; t < t1; ++t)
+      part.chunk_base[t + 1] = part.chunk_base[t] + num_chunks(num_keys(p, b, t - t0, t1 - t0));
+    for (int64_t s = t0; s < t1; s += tokens_per_item) {
+      const int64_t e = std::min(t1, s + tokens_per_item);
+      int64_t chunks = 0;
+      for (int64_t t = s; t < e; ++t) chunks = std::max(chunks, part.num_chunks_of(t));
+      for (int64_t h = 0; h < p.kv.kv_heads; ++h)
+        for (int64_t c = 0; c < chunks; ++c)
+          items.push_back({int32_t(b), int32_t(h), int32_t(c), int32_t(s), int32_t(e)});
+    }
   }
-  part.m.assign(slots * p.q_heads, -std::numeric_limits<float>::infinity());
-  part.l.assign(slots * p.q_heads, 0.f);
-  part.o.assign(slots * p.q_heads * part.dp, 0.f);
+  const int64_t slots = part.chunk_base[num_tokens] * p.q_heads;
+  part.m.resize(slots);
+  part.l.resize(slots);
+  part.o.resize(slots * part.dp);
   return items;
 }
 
@@ -327,35 +347,33 @@ void run_attention_item(const TreeAttentionParams<T>& p, const AttentionItem& it
     }
   }
 
-  for (int64_t t = 0; t < tokens; ++t)
+  for (int64_t t = 0; t < tokens; ++t) {
+    if (it.chunk >= part.num_chunks_of(it.token_begin + t)) continue;  // its keys end before this chunk
     for (int64_t g = 0; g < group; ++g) {
       const int64_t r = t * group + g;
-      const int64_t slot = (part.chunk_base[it.token_begin + t] + it.chunk) * p.q_heads +
-                           it.kv_head * group + g;
+      const int64_t slot = part.slot(it.token_begin + t, it.chunk, p.q_heads, it.kv_head * group + g);
       part.m[slot] = st.m[r];
       part.l[slot] = st.l[r];
       memcpy(part.o.data() + slot * dp, st.O.data() + r * dp, dp * sizeof(float));
     }
+  }
 }
 
 // Merges the chunks of tokens [begin, end) in chunk order and writes the output.
 template <typename T>
-void merge_attention_chunks(const TreeAttentionParams<T>& p, const Partials& part,
-                            const int32_t* token_seq, int64_t begin, int64_t end) {
+void merge_attention_chunks(const TreeAttentionParams<T>& p, const Partials& part, int64_t begin, int64_t end) {
   const int64_t d = p.kv.head_dim, dp = part.dp;
   std::vector<float> acc(dp);
   for (int64_t t = begin; t < end; ++t) {
-    const int64_t b = token_seq[t];
-    const int64_t chunks = num_chunks(p.tables.kv_lens[b] + p.qo_indptr[b + 1] - p.qo_indptr[b]);
+    const int64_t chunks = part.num_chunks_of(t);
     for (int64_t h = 0; h < p.q_heads; ++h) {
       float m = -std::numeric_limits<float>::infinity();
-      for (int64_t c = 0; c < chunks; ++c)
-        m = std::max(m, part.m[(part.chunk_base[t] + c) * p.q_heads + h]);
+      for (int64_t c = 0; c < chunks; ++c) m = std::max(m, part.m[part.slot(t, c, p.q_heads, h)]);
       std::fill(acc.begin(), acc.end(), 0.f);
       float l = 0.f;
-      for (int64_t c = 0; c < chunks && m > -std::numeric_limits<float>::infinity(); ++c) {
-        const int64_t slot = (part.chunk_base[t] + c) * p.q_heads + h;
-        if (part.l[slot] == 0.f) continue;  // chunk holds none of this row's keys
+      for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t slot = part.slot(t, c, p.q_heads, h);
+        if (part.l[slot] == 0.f) continue;  // a chunk with none of this row's keys (masked-out nodes)
         const float w = exp2_neg(part.m[slot] - m);
         l += part.l[slot] * w;
         const float* o = part.o.data() + slot * dp;

@@ -30,7 +30,6 @@ at::Tensor tree_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, co
   }
   at::Tensor out = at::empty_like(q);
   if (q.size(0) == 0) return out;
-  const auto seq = token_to_seq(h.qo_indptr);
   dispatch_cpu_dtype(q.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     cpu::TreeAttentionParams<T> p{kv,
@@ -53,7 +52,7 @@ at::Tensor tree_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, co
       for (int64_t i = next++; i < num_items; i = next++) cpu::run_attention_item(p, items[i], part);
     });
     at::parallel_for(0, q.size(0), 4, [&](int64_t b, int64_t e) {
-      cpu::merge_attention_chunks(p, part, seq.data(), b, e);
+      cpu::merge_attention_chunks(p, part, b, e);
     });
   });
   return out;
