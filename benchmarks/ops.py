@@ -55,8 +55,9 @@ def make_case(tree: int, context: int, gen: torch.Generator) -> dict:
 
 
 def run_op(c: dict) -> torch.Tensor:
-    return ops.tree_attention(c["q"], c["k_cache"], c["v_cache"], c["qo_indptr"], c["page_table"],
-                              c["kv_lens"], c["tree_mask"])
+    return ops.tree_attention(
+        c["q"], c["k_cache"], c["v_cache"], c["qo_indptr"], c["page_table"], c["kv_lens"], c["tree_mask"]
+    )
 
 
 def run_reference(c: dict) -> torch.Tensor:
@@ -64,8 +65,13 @@ def run_reference(c: dict) -> torch.Tensor:
     k = gather_kv(c["k_cache"], c["page_table"][0], context + tree)  # [S, kv_heads, d]
     v = gather_kv(c["v_cache"], c["page_table"][0], context + tree)
     mask = torch.cat([torch.ones(tree, context, dtype=torch.bool), c["dense_mask"]], dim=1)  # [n, S]
-    out = F.scaled_dot_product_attention(c["q"].transpose(0, 1)[None], k.transpose(0, 1)[None],
-                                         v.transpose(0, 1)[None], attn_mask=mask, enable_gqa=True)
+    out = F.scaled_dot_product_attention(
+        c["q"].transpose(0, 1)[None],
+        k.transpose(0, 1)[None],
+        v.transpose(0, 1)[None],
+        attn_mask=mask,
+        enable_gqa=True,
+    )
     return out[0].transpose(0, 1)
 
 
@@ -92,8 +98,10 @@ def main() -> None:
     repeats = args.repeats or (7 if args.quick else 31)
     gen = torch.Generator().manual_seed(0)
 
-    print(f"tree attention, fp32, {args.threads} threads, {Q_HEADS}/{KV_HEADS} heads, head dim {HEAD_DIM}, "
-          f"page size {PAGE_SIZE}, median of {repeats} ({platform.processor() or platform.machine()})")
+    print(
+        f"tree attention, fp32, {args.threads} threads, {Q_HEADS}/{KV_HEADS} heads, head dim {HEAD_DIM}, "
+        f"page size {PAGE_SIZE}, median of {repeats} ({platform.processor() or platform.machine()})"
+    )
     print(f"{'tree':>5} {'context':>8} {'op ms':>10} {'ref ms':>10} {'speedup':>8} {'max err':>9}")
     rows = []
     for tree in (8, 32, 64):
@@ -101,12 +109,24 @@ def main() -> None:
             case = make_case(tree, context, gen)
             out, expected = run_op(case), run_reference(case)
             err = (out - expected).abs().max().item()
-            op_ms, op_iqr = median_time(lambda: run_op(case), repeats)
-            ref_ms, ref_iqr = median_time(lambda: run_reference(case), repeats)
-            rows.append(dict(tree=tree, context=context, op_ms=op_ms, op_iqr=op_iqr, ref_ms=ref_ms,
-                             ref_iqr=ref_iqr, speedup=ref_ms / op_ms, max_abs_err=err))
-            print(f"{tree:>5} {context:>8} {op_ms:>6.3f}±{op_iqr:<4.2f}{ref_ms:>6.3f}±{ref_iqr:<4.2f}"
-                  f"{ref_ms / op_ms:>7.2f}x {err:>9.1e}")
+            op_ms, op_iqr = median_time(lambda c=case: run_op(c), repeats)
+            ref_ms, ref_iqr = median_time(lambda c=case: run_reference(c), repeats)
+            rows.append(
+                dict(
+                    tree=tree,
+                    context=context,
+                    op_ms=op_ms,
+                    op_iqr=op_iqr,
+                    ref_ms=ref_ms,
+                    ref_iqr=ref_iqr,
+                    speedup=ref_ms / op_ms,
+                    max_abs_err=err,
+                )
+            )
+            print(
+                f"{tree:>5} {context:>8} {op_ms:>6.3f}±{op_iqr:<4.2f}{ref_ms:>6.3f}±{ref_iqr:<4.2f}"
+                f"{ref_ms / op_ms:>7.2f}x {err:>9.1e}"
+            )
     summary = dict(
         min_speedup=round(min(r["speedup"] for r in rows), 3),
         speedup_ctx_ge_1024_min=round(min(r["speedup"] for r in rows if r["context"] >= 1024), 3),

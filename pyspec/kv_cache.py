@@ -38,8 +38,16 @@ class PagedKVCache:
         (3, 1)
     """
 
-    def __init__(self, num_layers: int, num_pages: int, page_size: int, kv_heads: int, head_dim: int,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        num_layers: int,
+        num_pages: int,
+        page_size: int,
+        kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
         if min(num_layers, num_pages, page_size, kv_heads, head_dim) <= 0:
             raise ValueError("all cache dimensions must be positive")
         shape = (num_layers, num_pages, page_size, kv_heads, head_dim)
@@ -95,7 +103,7 @@ class PagedKVCache:
         if shared:
             new_pages = [self._alloc() for _ in shared]
             ops.copy_pages(self.k, self.v, self._index([s.pages[i] for i in shared]), self._index(new_pages))
-            for i, p in zip(shared, new_pages):
+            for i, p in zip(shared, new_pages, strict=True):
                 self._decref(s.pages[i])
                 s.pages[i] = p
         s.pages.extend(self._alloc() for _ in range(missing))
@@ -140,8 +148,13 @@ class PagedKVCache:
     def stats(self) -> dict[str, int]:
         """Page usage: total, used, free and shared (referenced by more than one sequence) pages."""
         used = sum(1 for c in self._refcount if c > 0)
-        return {"total_pages": len(self._refcount), "used_pages": used, "free_pages": len(self._free),
-                "shared_pages": sum(1 for c in self._refcount if c > 1), "sequences": len(self._seqs)}
+        return {
+            "total_pages": len(self._refcount),
+            "used_pages": used,
+            "free_pages": len(self._free),
+            "shared_pages": sum(1 for c in self._refcount if c > 1),
+            "sequences": len(self._seqs),
+        }
 
     # Internals -------------------------------------------------------------------------------------
 

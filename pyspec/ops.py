@@ -37,8 +37,10 @@ def _check_devices(**tensors: torch.Tensor | None) -> None:
     named = [(name, t.device) for name, t in tensors.items() if t is not None]
     for name, device in named[1:]:
         if device != named[0][1]:
-            raise RuntimeError(f"pyspec: {name} is on {device} but {named[0][0]} is on {named[0][1]}; "
-                               "all arguments must be on one device")
+            raise RuntimeError(
+                f"pyspec: {name} is on {device} but {named[0][0]} is on {named[0][1]}; "
+                "all arguments must be on one device"
+            )
 
 
 def paged_kv_append(
@@ -58,13 +60,21 @@ def paged_kv_append(
     Example:
         >>> kc = torch.zeros(4, 16, 2, 64); vc = torch.zeros_like(kc)
         >>> k = torch.randn(3, 2, 64); indptr = torch.tensor([0, 1, 3], dtype=torch.int32)
-        >>> table = torch.tensor([[0], [2]], dtype=torch.int32); lens = torch.tensor([5, 0], dtype=torch.int32)
+        >>> table = torch.tensor([[0], [2]], dtype=torch.int32)
+        >>> lens = torch.tensor([5, 0], dtype=torch.int32)
         >>> paged_kv_append(kc, vc, k, k, indptr, table, lens)
         >>> bool((kc[0, 5] == k[0]).all() and (kc[2, 1] == k[2]).all())
         True
     """
-    _check_devices(k_cache=k_cache, v_cache=v_cache, k=k, v=v, qo_indptr=qo_indptr, page_table=page_table,
-                   kv_lens=kv_lens)
+    _check_devices(
+        k_cache=k_cache,
+        v_cache=v_cache,
+        k=k,
+        v=v,
+        qo_indptr=qo_indptr,
+        page_table=page_table,
+        kv_lens=kv_lens,
+    )
     torch.ops.pyspec.paged_kv_append(k_cache, v_cache, k, v, qo_indptr, page_table, kv_lens)
 
 
@@ -97,11 +107,20 @@ def tree_attention(
         >>> tree_attention(q, kc, vc, indptr, table, lens).shape
         torch.Size([2, 3, 64])
     """
-    _check_devices(k_cache=k_cache, v_cache=v_cache, q=q, qo_indptr=qo_indptr, page_table=page_table,
-                   kv_lens=kv_lens, tree_mask=tree_mask)
+    _check_devices(
+        k_cache=k_cache,
+        v_cache=v_cache,
+        q=q,
+        qo_indptr=qo_indptr,
+        page_table=page_table,
+        kv_lens=kv_lens,
+        tree_mask=tree_mask,
+    )
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
-    return torch.ops.pyspec.tree_attention(q, k_cache, v_cache, qo_indptr, page_table, kv_lens, tree_mask, scale)
+    return torch.ops.pyspec.tree_attention(
+        q, k_cache, v_cache, qo_indptr, page_table, kv_lens, tree_mask, scale
+    )
 
 
 def kv_compact(
@@ -127,12 +146,20 @@ def kv_compact(
         >>> bool((kc[0, 3] == node3).all()), int(lens[0])
         (True, 4)
     """
-    _check_devices(k_cache=k_cache, v_cache=v_cache, kv_lens=kv_lens, page_table=page_table,
-                   accept_indptr=accept_indptr, accept_nodes=accept_nodes)
+    _check_devices(
+        k_cache=k_cache,
+        v_cache=v_cache,
+        kv_lens=kv_lens,
+        page_table=page_table,
+        accept_indptr=accept_indptr,
+        accept_nodes=accept_nodes,
+    )
     torch.ops.pyspec.kv_compact(k_cache, v_cache, kv_lens, page_table, accept_indptr, accept_nodes)
 
 
-def copy_pages(k_cache: torch.Tensor, v_cache: torch.Tensor, src_pages: torch.Tensor, dst_pages: torch.Tensor) -> None:
+def copy_pages(
+    k_cache: torch.Tensor, v_cache: torch.Tensor, src_pages: torch.Tensor, dst_pages: torch.Tensor
+) -> None:
     """Copies whole pages ``src_pages[i] -> dst_pages[i]`` (all layers when the cache has a layer dim).
 
     Used for copy-on-write of a shared, partly filled page. Destinations must be distinct and not
@@ -181,20 +208,26 @@ def rope_inv_freq(head_dim: int, base: float, device: torch.device | str = "cpu"
 @torch.library.register_fake("pyspec::paged_kv_append")
 def _(k_cache, v_cache, k, v, qo_indptr, page_table, kv_lens):
     torch._check(k.shape == v.shape, lambda: "pyspec: k and v must have the same shape")
-    torch._check(k.shape[1:] == k_cache.shape[2:], lambda: "pyspec: k must be [T, kv_heads, head_dim] of the cache")
+    torch._check(
+        k.shape[1:] == k_cache.shape[2:], lambda: "pyspec: k must be [T, kv_heads, head_dim] of the cache"
+    )
     return None
 
 
 @torch.library.register_fake("pyspec::tree_attention")
 def _(q, k_cache, v_cache, qo_indptr, page_table, kv_lens, tree_mask, scale):
-    torch._check(q.dim() == 3 and q.shape[2] == k_cache.shape[3], lambda: "pyspec: q must be [T, heads, head_dim]")
+    torch._check(
+        q.dim() == 3 and q.shape[2] == k_cache.shape[3], lambda: "pyspec: q must be [T, heads, head_dim]"
+    )
     torch._check(q.shape[1] % k_cache.shape[2] == 0, lambda: "pyspec: q heads must be a multiple of kv heads")
     return torch.empty_like(q)
 
 
 @torch.library.register_fake("pyspec::kv_compact")
 def _(k_cache, v_cache, kv_lens, page_table, accept_indptr, accept_nodes):
-    torch._check(accept_indptr.shape[0] == kv_lens.shape[0] + 1, lambda: "pyspec: accept_indptr must be [B + 1]")
+    torch._check(
+        accept_indptr.shape[0] == kv_lens.shape[0] + 1, lambda: "pyspec: accept_indptr must be [B + 1]"
+    )
     return None
 
 
@@ -206,5 +239,7 @@ def _(k_cache, v_cache, src_pages, dst_pages):
 
 @torch.library.register_fake("pyspec::rotary_embedding")
 def _(x, positions, inv_freq):
-    torch._check(x.dim() == 3 and positions.shape[0] == x.shape[0], lambda: "pyspec: x must be [T, heads, dim]")
+    torch._check(
+        x.dim() == 3 and positions.shape[0] == x.shape[0], lambda: "pyspec: x must be [T, heads, dim]"
+    )
     return torch.empty_like(x)

@@ -11,7 +11,9 @@ import math
 import torch
 
 
-def slots_of(page_table_row: torch.Tensor, slots: torch.Tensor, page_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def slots_of(
+    page_table_row: torch.Tensor, slots: torch.Tensor, page_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(page, row-in-page) of each logical slot of one sequence."""
     return page_table_row[slots // page_size].long(), slots % page_size
 
@@ -33,7 +35,15 @@ def paged_kv_append(k_cache, v_cache, k, v, qo_indptr, page_table, kv_lens) -> N
 
 
 def tree_attention(
-    q, k_cache, v_cache, qo_indptr, page_table, kv_lens, tree_mask=None, scale=None, compute_dtype=torch.float32
+    q,
+    k_cache,
+    v_cache,
+    qo_indptr,
+    page_table,
+    kv_lens,
+    tree_mask=None,
+    scale=None,
+    compute_dtype=torch.float32,
 ) -> torch.Tensor:
     """Reference of :func:`pyspec.ops.tree_attention`: gather the KV, dense mask, softmax."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale

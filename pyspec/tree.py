@@ -12,7 +12,9 @@ import torch
 def check_parents(parents: torch.Tensor) -> None:
     """Raises ValueError unless ``parents`` is a 1-D integer parent array with parents before children."""
     if parents.dim() != 1 or parents.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"parents must be a 1-D int32/int64 tensor, got {parents.dtype} {tuple(parents.shape)}")
+        raise ValueError(
+            f"parents must be a 1-D int32/int64 tensor, got {parents.dtype} {tuple(parents.shape)}"
+        )
     idx = torch.arange(parents.numel(), device=parents.device)
     if bool(((parents < -1) | (parents >= idx)).any()):
         raise ValueError("parents[i] must be -1 (a root) or an earlier node index < i")

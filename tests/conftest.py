@@ -12,7 +12,9 @@ from pyspec.tree import ancestor_mask, pack_tree_masks
 
 DEVICES = [
     "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")),
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+    ),
 ]
 
 
@@ -39,7 +41,9 @@ def random_parents(n: int, gen: torch.Generator, chain: bool = False) -> torch.T
     """A random tree of n nodes (parents before children), or a chain."""
     if chain or n == 0:
         return torch.arange(-1, n - 1)
-    return torch.tensor([-1] + [int(torch.randint(0, i, (1,), generator=gen)) for i in range(1, n)], dtype=torch.long)
+    return torch.tensor(
+        [-1] + [int(torch.randint(0, i, (1,), generator=gen)) for i in range(1, n)], dtype=torch.long
+    )
 
 
 def make_batch(
@@ -57,7 +61,7 @@ def make_batch(
 ) -> Batch:
     """Random K/V for the committed prefixes (already in the cache) and for the new tokens (not yet)."""
     gen = torch.Generator().manual_seed(seed)
-    need = [-(-(L + n) // page_size) for L, n in zip(lens, news)]
+    need = [-(-(L + n) // page_size) for L, n in zip(lens, news, strict=True)]
     num_pages = sum(need) + spare_pages
     perm = torch.randperm(num_pages, generator=gen).int()
     table = torch.full((len(lens), max(need + [1])), -1, dtype=torch.int32)

@@ -1,4 +1,4 @@
-"""PagedKVCache: forks share pages, the first write into a shared page copies it, out of pages loses nothing."""
+"""PagedKVCache: forks share pages, shared pages are copied before a write, out of pages loses nothing."""
 
 import pytest
 import torch

@@ -18,7 +18,9 @@ def accepted_paths(b, gen):
             nodes += torch.nonzero(ancestor_mask(parents)[node]).flatten().tolist()
         indptr.append(len(nodes))
     dev = b.k_cache.device
-    return torch.tensor(indptr, dtype=torch.int32, device=dev), torch.tensor(nodes, dtype=torch.int32, device=dev)
+    return torch.tensor(indptr, dtype=torch.int32, device=dev), torch.tensor(
+        nodes, dtype=torch.int32, device=dev
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -47,10 +49,18 @@ def test_compacted_cache_is_the_sequential_cache():
     ops.paged_kv_append(b.k_cache, b.v_cache, b.k, b.v, *b.args())
     prefix = gather_kv(b.k_cache, b.page_table[0], 50)
     path = torch.nonzero(ancestor_mask(b.parents[0])[11]).flatten()
-    ops.kv_compact(b.k_cache, b.v_cache, b.kv_lens, b.page_table, torch.tensor([0, path.numel()], dtype=torch.int32),
-                   path.int())
+    ops.kv_compact(
+        b.k_cache,
+        b.v_cache,
+        b.kv_lens,
+        b.page_table,
+        torch.tensor([0, path.numel()], dtype=torch.int32),
+        path.int(),
+    )
     assert int(b.kv_lens[0]) == 50 + path.numel()
-    assert torch.equal(gather_kv(b.k_cache, b.page_table[0], int(b.kv_lens[0])), torch.cat([prefix, b.k[path]]))
+    assert torch.equal(
+        gather_kv(b.k_cache, b.page_table[0], int(b.kv_lens[0])), torch.cat([prefix, b.k[path]])
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -17,16 +17,36 @@ def samples(device):
         "paged_kv_append": (b.k_cache.clone(), b.v_cache.clone(), b.k, b.v, *b.args()),
         "tree_attention": (b.q, b.k_cache, b.v_cache, *b.args(), b.tree_mask, 0.125),
         "tree_attention_causal": (b.q, b.k_cache, b.v_cache, *b.args(), None, 0.125),
-        "kv_compact": (b.k_cache.clone(), b.v_cache.clone(), b.kv_lens.clone(), b.page_table, nodes_indptr, nodes),
-        "copy_pages": (b.k_cache.clone(), b.v_cache.clone(), torch.tensor([0], dtype=torch.int32, device=device),
-                       torch.tensor([b.k_cache.shape[0] - 1], dtype=torch.int32, device=device)),
+        "kv_compact": (
+            b.k_cache.clone(),
+            b.v_cache.clone(),
+            b.kv_lens.clone(),
+            b.page_table,
+            nodes_indptr,
+            nodes,
+        ),
+        "copy_pages": (
+            b.k_cache.clone(),
+            b.v_cache.clone(),
+            torch.tensor([0], dtype=torch.int32, device=device),
+            torch.tensor([b.k_cache.shape[0] - 1], dtype=torch.int32, device=device),
+        ),
         "rotary_embedding": (x, torch.arange(4, device=device), ops.rope_inv_freq(16, 10000.0, device)),
     }
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("name", ["paged_kv_append", "tree_attention", "tree_attention_causal", "kv_compact",
-                                  "copy_pages", "rotary_embedding"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "paged_kv_append",
+        "tree_attention",
+        "tree_attention_causal",
+        "kv_compact",
+        "copy_pages",
+        "rotary_embedding",
+    ],
+)
 def test_opcheck(device, name):
     op = getattr(torch.ops.pyspec, name.removesuffix("_causal"))
     torch.library.opcheck(op, samples(device)[name])

@@ -15,8 +15,12 @@ def test_matches_reference_fp32(device, head_dim, base):
     x = torch.randn(37, 5, head_dim, generator=gen).to(device)
     positions = torch.randint(0, 32768, (37,), generator=gen).to(device)
     inv_freq = ops.rope_inv_freq(head_dim, base, device)
-    torch.testing.assert_close(ops.rotary_embedding(x, positions, inv_freq),
-                               reference.rotary_embedding(x, positions, inv_freq), atol=3e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        ops.rotary_embedding(x, positions, inv_freq),
+        reference.rotary_embedding(x, positions, inv_freq),
+        atol=3e-6,
+        rtol=1e-5,
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -26,8 +30,9 @@ def test_bfloat16(device):
     inv_freq = ops.rope_inv_freq(64, 10000.0, device)
     out = ops.rotary_embedding(x, positions, inv_freq)
     assert out.dtype == torch.bfloat16
-    torch.testing.assert_close(out.float(), reference.rotary_embedding(x.float(), positions, inv_freq),
-                               atol=2e-2, rtol=1e-2)
+    torch.testing.assert_close(
+        out.float(), reference.rotary_embedding(x.float(), positions, inv_freq), atol=2e-2, rtol=1e-2
+    )
 
 
 def test_scores_depend_only_on_relative_position():
@@ -36,8 +41,10 @@ def test_scores_depend_only_on_relative_position():
     inv_freq = ops.rope_inv_freq(64, 10000.0)
 
     def score(m, n):
-        return (ops.rotary_embedding(q, torch.tensor([m]), inv_freq) *
-                ops.rotary_embedding(k, torch.tensor([n]), inv_freq)).sum()
+        return (
+            ops.rotary_embedding(q, torch.tensor([m]), inv_freq)
+            * ops.rotary_embedding(k, torch.tensor([n]), inv_freq)
+        ).sum()
 
     torch.testing.assert_close(score(10, 3), score(107, 100), atol=1e-4, rtol=1e-4)
     assert torch.equal(ops.rotary_embedding(q, torch.tensor([0]), inv_freq), q)

@@ -10,7 +10,9 @@ from pyspec.tree import ancestor_mask, check_parents, depths, pack_tree_masks
 
 def test_small_tree_by_hand():
     parents = torch.tensor([-1, 0, 0, 1, 3])
-    expected = torch.tensor([[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 0, 1, 0, 0], [1, 1, 0, 1, 0], [1, 1, 0, 1, 1]])
+    expected = torch.tensor(
+        [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 0, 1, 0, 0], [1, 1, 0, 1, 0], [1, 1, 0, 1, 1]]
+    )
     assert torch.equal(ancestor_mask(parents).int(), expected.int())
     assert depths(parents).tolist() == [0, 1, 1, 2, 3]
 
@@ -21,7 +23,7 @@ def test_chain_is_causal():
 
 @given(st.lists(st.integers(min_value=0, max_value=1000), min_size=1, max_size=40))
 def test_masks_of_random_trees(draws):
-    parents = torch.tensor([-1] + [d % i for i, d in zip(range(1, len(draws)), draws[1:])])
+    parents = torch.tensor([-1] + [d % i for i, d in zip(range(1, len(draws)), draws[1:], strict=True)])
     mask = ancestor_mask(parents)
     assert bool(mask.diagonal().all()) and bool((mask.triu(1) == 0).all())
     for i in range(1, parents.numel()):  # a node sees exactly its parent's ancestors and itself

@@ -120,8 +120,15 @@ def test_row_independent_of_batch_and_threads(device):
         n = t1 - t0
         indptr = torch.tensor([0, n], dtype=torch.int32, device=device)
         mask = pack_tree_masks([ancestor_mask(b.parents[seq]).to(device)])
-        alone = ops.tree_attention(b.q[t0:t1], b.k_cache, b.v_cache, indptr, b.page_table[seq : seq + 1],
-                                   b.kv_lens[seq : seq + 1], mask)
+        alone = ops.tree_attention(
+            b.q[t0:t1],
+            b.k_cache,
+            b.v_cache,
+            indptr,
+            b.page_table[seq : seq + 1],
+            b.kv_lens[seq : seq + 1],
+            mask,
+        )
         assert torch.equal(together[t0:t1], alone)
     threads = torch.get_num_threads()
     try:
