@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 EXT_SOURCES := $(shell find csrc -name '*.h' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.cu') setup.py pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-slow bench lint cuda-build-check cmake-build clean
+.PHONY: setup run test bench lint cuda-build-check cmake-build clean
 
 setup: $(VENV)/.built
 
@@ -30,9 +30,6 @@ bench: setup
 
 test: setup
 	$(PY) -m pytest -q -m "not slow" --doctest-modules pyspec tests $(PYTEST_ARGS)
-
-test-slow: setup
-	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check pyspec planner tests benchmarks

@@ -269,7 +269,15 @@ template <typename T, typename SlotOf>
 void gather_tile(const TreeAttentionParams<T>& p, int64_t seq, int64_t head, int64_t x0, int count,
                  int64_t dp, SlotOf slot_of, float* Kt, float* V) {
   const int64_t d = p.kv.head_dim;
+  constexpr int kAhead = 8;  // keys prefetched ahead: the gather is bound by DRAM latency when decoding
   for (int j = 0; j < count; ++j) {
+    if (j + kAhead < count) {
+      const int64_t ahead = p.tables.offset(p.kv, seq, slot_of(x0 + j + kAhead), head);
+      for (int64_t c = 0; c < d * int64_t(sizeof(T)); c += 64) {
+        __builtin_prefetch(reinterpret_cast<const char*>(p.k_cache + ahead) + c);
+        __builtin_prefetch(reinterpret_cast<const char*>(p.v_cache + ahead) + c);
+      }
+    }
     const int64_t off = p.tables.offset(p.kv, seq, slot_of(x0 + j), head);
     const T* k = p.k_cache + off;
     const T* v = p.v_cache + off;
