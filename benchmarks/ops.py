@@ -7,6 +7,7 @@ a shuffled page table, one sequence with a random tree of the given size over th
 
     python benchmarks/ops.py            # tree sizes 8, 32, 64 x contexts 256, 1024, 4096
     python benchmarks/ops.py --quick    # fewer repeats
+    python benchmarks/ops.py --markdown # also a markdown table (the README's results)
 
 Last line: JSON ``{"min_speedup", "speedup_ctx_ge_1024_min", "max_abs_err", ...}``.
 """
@@ -93,6 +94,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats (well under a minute)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--markdown", action="store_true", help="also print the table in markdown")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     repeats = args.repeats or (7 if args.quick else 31)
@@ -102,7 +104,8 @@ def main() -> None:
         f"tree attention, fp32, {args.threads} threads, {Q_HEADS}/{KV_HEADS} heads, head dim {HEAD_DIM}, "
         f"page size {PAGE_SIZE}, median of {repeats} ({platform.processor() or platform.machine()})"
     )
-    print(f"{'tree':>5} {'context':>8} {'op ms':>10} {'ref ms':>10} {'speedup':>8} {'max err':>9}")
+    header = ("tree", "context", "op ms", "iqr", "ref ms", "iqr", "speedup", "max err")
+    print(" ".join(f"{h:>{w}}" for h, w in zip(header, (5, 8, 9, 6, 9, 6, 8, 8), strict=True)))
     rows = []
     for tree in (8, 32, 64):
         for context in (256, 1024, 4096):
@@ -111,21 +114,28 @@ def main() -> None:
             err = (out - expected).abs().max().item()
             op_ms, op_iqr = median_time(lambda c=case: run_op(c), repeats)
             ref_ms, ref_iqr = median_time(lambda c=case: run_reference(c), repeats)
-            rows.append(
-                dict(
-                    tree=tree,
-                    context=context,
-                    op_ms=op_ms,
-                    op_iqr=op_iqr,
-                    ref_ms=ref_ms,
-                    ref_iqr=ref_iqr,
-                    speedup=ref_ms / op_ms,
-                    max_abs_err=err,
-                )
+            row = dict(
+                tree=tree,
+                context=context,
+                op_ms=op_ms,
+                op_iqr=op_iqr,
+                ref_ms=ref_ms,
+                ref_iqr=ref_iqr,
+                speedup=ref_ms / op_ms,
+                max_abs_err=err,
             )
+            rows.append(row)
             print(
-                f"{tree:>5} {context:>8} {op_ms:>6.3f}±{op_iqr:<4.2f}{ref_ms:>6.3f}±{ref_iqr:<4.2f}"
-                f"{ref_ms / op_ms:>7.2f}x {err:>9.1e}"
+                f"{tree:>5} {context:>8} {op_ms:>9.3f} {op_iqr:>6.3f} {ref_ms:>9.3f} {ref_iqr:>6.3f} "
+                f"{ref_ms / op_ms:>7.2f}x {err:>8.1e}"
+            )
+    if args.markdown:
+        print("\n| tree | context | pyspec op ms (IQR) | reference ms (IQR) | speed-up | max abs err |")
+        print("|---:|---:|---:|---:|---:|---:|")
+        for r in rows:
+            print(
+                f"| {r['tree']} | {r['context']} | {r['op_ms']:.3f} ({r['op_iqr']:.3f}) | "
+                f"{r['ref_ms']:.3f} ({r['ref_iqr']:.3f}) | {r['speedup']:.2f}x | {r['max_abs_err']:.1e} |"
             )
     summary = dict(
         min_speedup=round(min(r["speedup"] for r in rows), 3),

@@ -154,3 +154,10 @@ def test_long_prefill_across_chunks(device, committed):
     """A prompt longer than a chunk (512 keys): rows reach different numbers of chunks."""
     b = make_batch([committed, 3], [1100, 2], group=3, device=device, seed=7)
     assert_close_to_fp64(b, run(b, mask=False), mask=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="float16 is a CUDA-only dtype")
+@pytest.mark.parametrize("mask", [True, False], ids=["tree", "causal"])
+def test_float16_on_cuda(mask):
+    b = make_batch(LENS, NEWS, head_dim=111, dtype=torch.float16, device="cuda", group=3)
+    assert_close_to_fp64(b, run(b, mask), mask)
