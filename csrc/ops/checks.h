@@ -4,7 +4,6 @@
 // Value checks read the small metadata tensors on the host (one copy when they live on a GPU).
 #pragma once
 
-#include <torch/library.h>
 #include <ATen/ATen.h>
 
 #include <string>
