@@ -5,8 +5,20 @@ live in :mod:`pyspec.ops`; their plain-PyTorch specification is :mod:`pyspec.ref
 """
 
 from pyspec import ops, reference
+from pyspec.api import generate, load_model
 from pyspec.kv_cache import OutOfPagesError, PagedKVCache
+from pyspec.sampling import SamplingParams
 from pyspec.tree import ancestor_mask, pack_tree_masks
 
-__all__ = ["ops", "reference", "PagedKVCache", "OutOfPagesError", "ancestor_mask", "pack_tree_masks"]
+__all__ = [
+    "ops",
+    "reference",
+    "load_model",
+    "generate",
+    "SamplingParams",
+    "PagedKVCache",
+    "OutOfPagesError",
+    "ancestor_mask",
+    "pack_tree_masks",
+]
 __version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Decoding loops: autoregressive now; speculative, hierarchical, batched and APAR to come."""

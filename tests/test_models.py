@@ -1,0 +1,80 @@
+"""Real SmolLM2-135M-Instruct on pyspec's runtime against transformers (the test oracle), in fp32."""
+
+import pytest
+import torch
+
+import pyspec
+from pyspec.api import encode_prompts
+from pyspec.batch import StepBatch
+from pyspec.data import mtbench
+
+transformers = pytest.importorskip("transformers")
+
+FIVE_PROMPTS = [
+    "What is the capital of France?",
+    "Write a Python function that reverses a string.",
+    "Explain photosynthesis in two sentences.",
+    "List three prime numbers.",
+    "Translate 'good morning' into Spanish.",
+]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return pyspec.load_model("smollm2-135m-instruct", progress=False)
+
+
+@pytest.fixture(scope="module")
+def hf_model(model):
+    return transformers.AutoModelForCausalLM.from_pretrained(str(model.folder), dtype=torch.float32).eval()
+
+
+def test_logits_match_transformers(model, hf_model):
+    """Every position's logits of five real prompts, decoded together in one ragged batch."""
+    ids = encode_prompts(model, FIVE_PROMPTS)
+    cache = model.new_cache(num_pages=64)
+    seqs = [cache.add_sequence() for _ in ids]
+    batch = StepBatch.build(cache, seqs, ids)
+    with torch.inference_mode():
+        ours = model(batch, cache, logits_rows=torch.arange(batch.num_tokens)).logits
+        for b, p in enumerate(ids):
+            ref = hf_model(torch.tensor([p])).logits[0]
+            rows = ours[int(batch.qo_indptr[b]) : int(batch.qo_indptr[b + 1])]
+            assert (rows - ref).abs().max().item() < 1e-4
+
+
+def test_incremental_decoding_matches_one_shot(model):
+    """Logits of a token computed by the prompt pass equal those of decoding it on its own."""
+    ids = encode_prompts(model, FIVE_PROMPTS[:1])[0]
+    cache = model.new_cache(num_pages=32)
+    a, b = cache.add_sequence(), cache.add_sequence()
+    with torch.inference_mode():
+        whole = model(StepBatch.build(cache, [a], [ids]), cache, logits_rows=torch.tensor([len(ids) - 1])).logits
+        prefix = StepBatch.build(cache, [b], [ids[:-1]])
+        model(prefix, cache)
+        prefix.commit(cache)
+        last = model(StepBatch.build(cache, [b], [ids[-1:]]), cache).logits
+    torch.testing.assert_close(whole, last, atol=1e-4, rtol=0)
+    assert whole.argmax() == last.argmax()
+
+
+def test_greedy_identical_to_transformers_generate(model, hf_model):
+    """20 MT-bench prompts x 64 new tokens, decoded together without padding, token for token."""
+    prompts = [p.text for p in mtbench()[:20]]
+    outputs = pyspec.generate(model, prompts, max_new_tokens=64)
+    for ids, out in zip(encode_prompts(model, prompts), outputs, strict=True):
+        with torch.inference_mode():
+            ref = hf_model.generate(torch.tensor([ids]), max_new_tokens=64, do_sample=False)[0, len(ids) :]
+        assert out.tokens == ref.tolist()[: len(out.tokens)]
+        assert out.finish_reason == "eos" or len(out.tokens) == 64
+
+
+def test_hidden_states_and_rows(model):
+    ids = encode_prompts(model, FIVE_PROMPTS[:2])
+    cache = model.new_cache(num_pages=32)
+    batch = StepBatch.build(cache, [cache.add_sequence(), cache.add_sequence()], ids)
+    with torch.inference_mode():
+        out = model(batch, cache, logits_rows=torch.tensor([0, 3]), hidden_layers=(5, -1))
+    assert out.logits.shape == (2, model.config.vocab_size)
+    assert out.hidden[5].shape == out.hidden[-1].shape == (batch.num_tokens, model.config.hidden_size)
+    torch.testing.assert_close(out.logits, out.hidden[-1][[0, 3]] @ model.head_weight.T, atol=1e-4, rtol=1e-5)
