@@ -14,7 +14,9 @@ from pyspec.models.loading import load_config, load_tokenizer, load_weights, res
 from pyspec.sampling import SamplingParams
 
 
-def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float32, progress: bool = True) -> LlamaModel:
+def load_model(
+    name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float32, progress: bool = True
+) -> LlamaModel:
     """Loads a model and its tokenizer (``model.tokenizer``, with its chat template).
 
     ``name_or_path``: a registry name (``smollm2-135m-instruct``, ``qwen2.5-coder-1.5b-instruct``), a
@@ -23,7 +25,8 @@ def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float
 
     Example:
         >>> model = load_model("smollm2-135m-instruct")  # doctest: +SKIP
-        >>> model.tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False)  # doctest: +SKIP
+        >>> chat = [{"role": "user", "content": "Hi"}]
+        >>> model.tokenizer.apply_chat_template(chat, tokenize=False)  # doctest: +SKIP
     """
     folder = resolve(name_or_path, progress=progress)
     config = load_config(folder)
@@ -45,8 +48,9 @@ def encode_prompts(model: LlamaModel, prompts: str | Sequence[str], chat: bool =
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"prompt {i} is empty")
         if chat and getattr(model.tokenizer, "chat_template", None):
-            text = model.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                                       add_generation_prompt=True)
+            text = model.tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
             ids.append(model.tokenizer(text, add_special_tokens=False).input_ids)
         else:
             ids.append(model.tokenizer(text).input_ids)
@@ -77,5 +81,7 @@ def generate(
         >>> generate(model, "Write a haiku about tea.", max_new_tokens=32)[0].text  # doctest: +SKIP
     """
     ids = encode_prompts(model, prompts, chat)
-    params = [SamplingParams(temperature, top_k, top_p, None if seed is None else seed + i) for i in range(len(ids))]
+    params = [
+        SamplingParams(temperature, top_k, top_p, None if seed is None else seed + i) for i in range(len(ids))
+    ]
     return generate_autoregressive(model, ids, max_new_tokens, params, tuple(stop), stream)

@@ -49,7 +49,9 @@ def test_incremental_decoding_matches_one_shot(model):
     cache = model.new_cache(num_pages=32)
     a, b = cache.add_sequence(), cache.add_sequence()
     with torch.inference_mode():
-        whole = model(StepBatch.build(cache, [a], [ids]), cache, logits_rows=torch.tensor([len(ids) - 1])).logits
+        whole = model(
+            StepBatch.build(cache, [a], [ids]), cache, logits_rows=torch.tensor([len(ids) - 1])
+        ).logits
         prefix = StepBatch.build(cache, [b], [ids[:-1]])
         model(prefix, cache)
         prefix.commit(cache)

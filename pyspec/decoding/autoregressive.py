@@ -13,6 +13,7 @@ from pyspec.models.llama import LlamaModel
 from pyspec.sampling import SamplingParams, sample
 
 PAGE_SIZE = 16
+GREEDY = SamplingParams()
 
 
 def check_prompts(model: LlamaModel, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> None:
@@ -36,7 +37,7 @@ def generate_autoregressive(
     model: LlamaModel,
     prompts: Sequence[Sequence[int]],
     max_new_tokens: int = 128,
-    sampling: SamplingParams | Sequence[SamplingParams] = SamplingParams(),
+    sampling: SamplingParams | Sequence[SamplingParams] = GREEDY,
     stop_strings: Sequence[str] = (),
     stream: StreamCallback | None = None,
 ) -> list[GenerationOutput]:
@@ -93,7 +94,13 @@ def generate_autoregressive(
     for i, tracker in enumerate(texts):
         tracker.finish()
         n = len(tracker.tokens)
-        stats = {"prompt_tokens": len(prompts[i]), "new_tokens": n, "target_passes": passes, "seconds": seconds,
-                 "tokens_per_second": n / seconds if seconds > 0 else 0.0, "mat": 1.0}
+        stats = {
+            "prompt_tokens": len(prompts[i]),
+            "new_tokens": n,
+            "target_passes": passes,
+            "seconds": seconds,
+            "tokens_per_second": n / seconds if seconds > 0 else 0.0,
+            "mat": 1.0,
+        }
         outputs.append(GenerationOutput(tracker.tokens, tracker.text, finish[i], stats))
     return outputs

