@@ -30,7 +30,8 @@ def load_model(
     """
     folder = resolve(name_or_path, progress=progress)
     config = load_config(folder)
-    model = LlamaModel(config)
+    with torch.device("meta"):  # no memory until the checkpoint's tensors are assigned
+        model = LlamaModel(config)
     model.load_hf_state_dict(load_weights(folder))
     model.to(dtype)
     model.inv_freq = model.inv_freq.float()

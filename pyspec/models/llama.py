@@ -161,7 +161,7 @@ class LlamaModel(nn.Module):
             ours[key] = tensor
         if self.lm_head is None:
             ours.pop("lm_head", None)
-        missing, unexpected = self.load_state_dict(ours, strict=False)
+        missing, unexpected = self.load_state_dict(ours, strict=False, assign=True)
         if missing or unexpected:
             raise ValueError(
                 f"weights do not fit the config: missing {missing[:5]}, unexpected {unexpected[:5]}"
