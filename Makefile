@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 EXT_SOURCES := $(shell find csrc -name '*.h' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.cu') setup.py pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: setup run test bench qwen lint cuda-build-check cmake-build clean
+.PHONY: setup run test bench bench-ar qwen lint cuda-build-check cmake-build clean
 
 setup: $(VENV)/.built
 
@@ -27,12 +27,18 @@ $(VENV)/.built: $(VENV)/.deps $(EXT_SOURCES)
 	$(PIP) install --quiet --no-build-isolation --no-deps -e .
 	touch $@
 
-# The main job: for now, the ops benchmark (quick mode); `make bench` runs the full one.
+# The main job: the real SmolLM2-135M-Instruct generating a streamed reply, with its numbers.
+PROMPT ?= Explain in a few sentences why the sky is blue.
 run: setup
-	$(PY) benchmarks/ops.py --quick
+	$(PY) -m pyspec --threads 2 generate --model smollm2-135m-instruct --max-new-tokens 128 --prompt "$(PROMPT)"
 
+# Benchmarks: the ops (tree attention against the reference path) and autoregressive decoding
+# against transformers generate().
 bench: setup
 	$(PY) benchmarks/ops.py
+
+bench-ar: setup
+	$(PY) benchmarks/ar.py
 
 test: setup
 	$(PY) -m pytest -q -m "not slow" --doctest-modules pyspec tests $(PYTEST_ARGS)
