@@ -71,7 +71,9 @@ class StepBatch:
             offsets = [depths(p) for p in parents]
             mask = pack_tree_masks([ancestor_mask(p) for p in parents])
         device = cache.k.device
-        positions = torch.cat([kv_lens[b].cpu().long() + offsets[b] for b in range(len(seq_ids))] or [torch.zeros(0)])
+        positions = torch.cat(
+            [kv_lens[b].cpu().long() + offsets[b] for b in range(len(seq_ids))] or [torch.zeros(0)]
+        )
         indptr = torch.tensor([0] + torch.tensor(counts).cumsum(0).tolist(), dtype=torch.int32)
         flat = [t for toks in tokens for t in toks]
         return cls(
