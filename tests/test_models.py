@@ -80,3 +80,29 @@ def test_hidden_states_and_rows(model):
     assert out.logits.shape == (2, model.config.vocab_size)
     assert out.hidden[5].shape == out.hidden[-1].shape == (batch.num_tokens, model.config.hidden_size)
     torch.testing.assert_close(out.logits, out.hidden[-1][[0, 3]] @ model.head_weight.T, atol=1e-4, rtol=1e-5)
+
+
+def test_tree_verification_matches_decoding_each_path(model):
+    """Logits of every node of a token tree, verified in one pass, equal those of decoding its
+    root-to-node path causally after the same prompt (positions = committed length + depth)."""
+    from pyspec.tree import ancestor_mask
+
+    prompt = encode_prompts(model, FIVE_PROMPTS[:1])[0]
+    parents = torch.tensor([-1, 0, 0, 1, 1, 2, 3])
+    nodes = [9906, 11, 13, 28, 260, 30, 7]
+    cache = model.new_cache(num_pages=64)
+    seq = cache.add_sequence()
+    with torch.inference_mode():
+        first = StepBatch.build(cache, [seq], [prompt])
+        model(first, cache)
+        first.commit(cache)
+        tree = StepBatch.build(cache, [seq], [nodes], parents=[parents])
+        verified = model(tree, cache, logits_rows=torch.arange(len(nodes))).logits
+        for node in range(len(nodes)):
+            path = [nodes[j] for j in torch.nonzero(ancestor_mask(parents)[node]).flatten().tolist()]
+            other = cache.add_sequence()
+            chain = StepBatch.build(cache, [other], [prompt + path])
+            alone = model(chain, cache).logits[0]
+            cache.release(other)
+            assert torch.equal(alone.argmax(), verified[node].argmax())
+            torch.testing.assert_close(alone, verified[node], atol=1e-4, rtol=0)
