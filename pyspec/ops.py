@@ -29,6 +29,7 @@ __all__ = [
     "copy_pages",
     "rotary_embedding",
     "rope_inv_freq",
+    "linear",
 ]
 
 
@@ -202,6 +203,25 @@ def rope_inv_freq(head_dim: int, base: float, device: torch.device | str = "cpu"
     return 1.0 / (base**exponent)
 
 
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ weight.T + bias`` with each output row bitwise independent of the other rows.
+
+    ``x``: ``[M, K]``; ``weight``: ``[N, K]`` (``nn.Linear`` layout); ``bias``: ``[N]`` or ``None``; all
+    contiguous, one dtype: float32 or bfloat16 (accumulated in float32), also float16 on CUDA. Returns
+    ``[M, N]``. Every output is computed in one fixed order that depends only on K, so a token's logits
+    are the same bits alone or inside a block of verified tokens, on any number of threads. On the CPU
+    the weight is streamed once for all M rows: a few rows cost little more than one.
+
+    Example:
+        >>> x = torch.randn(5, 64); w = torch.randn(3, 64); b = torch.randn(3)
+        >>> y = linear(x, w, b)
+        >>> y.shape, torch.equal(linear(x[2:3], w, b), y[2:3])
+        (torch.Size([5, 3]), True)
+    """
+    _check_devices(x=x, weight=weight, bias=bias)
+    return torch.ops.pyspec.linear(x, weight, bias)
+
+
 # Fake kernels: shapes only, so torch.compile and FakeTensor tracing go through the ops.
 
 
@@ -243,3 +263,16 @@ def _(x, positions, inv_freq):
         x.dim() == 3 and positions.shape[0] == x.shape[0], lambda: "pyspec: x must be [T, heads, dim]"
     )
     return torch.empty_like(x)
+
+
+@torch.library.register_fake("pyspec::linear")
+def _(x, weight, bias):
+    torch._check(
+        x.dim() == 2 and weight.dim() == 2 and x.shape[1] == weight.shape[1],
+        lambda: "pyspec: linear needs x [M, K] and weight [N, K]",
+    )
+    torch._check(
+        bias is None or (bias.dim() == 1 and bias.shape[0] == weight.shape[0]),
+        lambda: "pyspec: bias must be [N]",
+    )
+    return x.new_empty(x.shape[0], weight.shape[0])

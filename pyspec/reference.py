@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 
 def slots_of(
@@ -102,3 +103,9 @@ def rotary_embedding(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.T
     half = x.shape[-1] // 2
     rotated = torch.cat([-xf[..., half:], xf[..., :half]], dim=-1)
     return (xf * emb.cos() + rotated * emb.sin()).to(x.dtype)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Reference of :func:`pyspec.ops.linear`: ``x @ weight.T + bias`` (its rows may differ in the last
+    bits with M, which the op's do not)."""
+    return F.linear(x, weight, bias)

@@ -30,21 +30,31 @@ def hf_model(model):
 
 
 def test_logits_match_transformers(model, hf_model):
-    """Every position's logits of five real prompts, decoded together in one ragged batch."""
+    """Every position's logits of five real prompts, decoded together in one ragged batch, against
+    transformers evaluating the same weights in float64 (the exact answer) and in float32.
+
+    Two fp32 implementations that sum in different orders differ by their two rounding errors: here
+    ours is 6.7e-5 from the float64 logits and transformers' own fp32 is 9.3e-5 from them, so the two
+    agree to ~1.1e-4. The contract: within 1e-4 of the exact logits and no worse than transformers' fp32.
+    """
+    hf64 = transformers.AutoModelForCausalLM.from_pretrained(str(model.folder), dtype=torch.float64).eval()
     ids = encode_prompts(model, FIVE_PROMPTS)
     cache = model.new_cache(num_pages=64)
     seqs = [cache.add_sequence() for _ in ids]
     batch = StepBatch.build(cache, seqs, ids)
     with torch.inference_mode():
-        ours = model(batch, cache, logits_rows=torch.arange(batch.num_tokens)).logits
+        ours = model(batch, cache, logits_rows=torch.arange(batch.num_tokens)).logits.double()
         for b, p in enumerate(ids):
-            ref = hf_model(torch.tensor([p])).logits[0]
+            exact = hf64(torch.tensor([p])).logits[0]
+            theirs = hf_model(torch.tensor([p])).logits[0].double()
             rows = ours[int(batch.qo_indptr[b]) : int(batch.qo_indptr[b + 1])]
-            assert (rows - ref).abs().max().item() < 1e-4
+            our_err, their_err = (rows - exact).abs().max().item(), (theirs - exact).abs().max().item()
+            assert our_err < 1e-4 and our_err <= their_err
+            assert (rows - theirs).abs().max().item() < 2e-4
 
 
 def test_incremental_decoding_matches_one_shot(model):
-    """Logits of a token computed by the prompt pass equal those of decoding it on its own."""
+    """Logits of a token computed inside the prompt pass equal, bit for bit, those of decoding it alone."""
     ids = encode_prompts(model, FIVE_PROMPTS[:1])[0]
     cache = model.new_cache(num_pages=32)
     a, b = cache.add_sequence(), cache.add_sequence()
@@ -56,8 +66,7 @@ def test_incremental_decoding_matches_one_shot(model):
         model(prefix, cache)
         prefix.commit(cache)
         last = model(StepBatch.build(cache, [b], [ids[-1:]]), cache).logits
-    torch.testing.assert_close(whole, last, atol=1e-4, rtol=0)
-    assert whole.argmax() == last.argmax()
+    assert torch.equal(whole, last)  # bitwise: no kernel's per-row result depends on the block size
 
 
 def test_greedy_identical_to_transformers_generate(model, hf_model):
@@ -105,4 +114,4 @@ def test_tree_verification_matches_decoding_each_path(model):
             alone = model(chain, cache).logits[0]
             cache.release(other)
             assert torch.equal(alone.argmax(), verified[node].argmax())
-            torch.testing.assert_close(alone, verified[node], atol=1e-4, rtol=0)
+            assert torch.equal(alone, verified[node])  # bitwise: every kernel is row invariant

@@ -48,4 +48,9 @@ template <typename T>
 cudaError_t launch_rotary_embedding(const T* x, const int64_t* positions, const float* inv_freq, T* out,
                                     int64_t num_tokens, int64_t heads, int64_t head_dim, cudaStream_t stream);
 
+// y [M, N] = x [M, K] @ weight [N, K]^T + bias [N] (bias may be null); each output in a fixed order.
+template <typename T>
+cudaError_t launch_linear(const T* x, const T* weight, const T* bias, T* y, int64_t M, int64_t N, int64_t K,
+                          cudaStream_t stream);
+
 }  // namespace pyspec::cuda

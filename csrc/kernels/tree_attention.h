@@ -25,35 +25,14 @@
 #include <vector>
 
 #include "common.h"
+#include "simd.h"
 
 namespace pyspec::cpu {
 
-constexpr int kLanes = 8;              // floats per vector register (AVX2); also fine on SSE/NEON
 constexpr int kTile = 32;              // keys per tile: the unit of the online softmax
 constexpr int kChunk = 512;            // keys per chunk: the unit of the parallel split (multiple of kTile)
 constexpr int kRowsPerItem = 192;      // query rows (tokens x group heads) per work item, at most
 constexpr int kTileVecs = kTile / kLanes;
-
-typedef float vfloat __attribute__((vector_size(kLanes * sizeof(float))));
-typedef int32_t vint __attribute__((vector_size(kLanes * sizeof(int32_t))));
-
-inline vfloat splat(float x) { return vfloat{} + x; }
-inline vfloat load(const float* p) {
-  vfloat v;
-  memcpy(&v, p, sizeof(v));
-  return v;
-}
-inline void store(float* p, vfloat v) { memcpy(p, &v, sizeof(v)); }
-inline float hsum(vfloat v) {
-  float s = 0.f;
-  for (int i = 0; i < kLanes; ++i) s += v[i];
-  return s;
-}
-inline float hmax(vfloat v) {
-  float m = v[0];
-  for (int i = 1; i < kLanes; ++i) m = std::max(m, v[i]);
-  return m;
-}
 
 // 2^x for x <= 0, vectorised; relative error ~2e-7; exactly 0 for x < -126 (including -inf).
 inline vfloat exp2_neg(vfloat x) {

@@ -25,4 +25,6 @@ TORCH_LIBRARY(pyspec, m) {
   m.def("copy_pages(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor src_pages, Tensor dst_pages) -> ()");
   // Rotary position embedding (Llama/Qwen2 rotate-half) at explicit per-token positions.
   m.def("rotary_embedding(Tensor x, Tensor positions, Tensor inv_freq) -> Tensor");
+  // y = x @ weight.T + bias; each output row bitwise independent of M, the other rows and the threads.
+  m.def("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
 }

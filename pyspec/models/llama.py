@@ -19,8 +19,9 @@ from pyspec.models.config import ModelConfig
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """The matmul every projection uses (one place to choose its kernel)."""
-    return F.linear(x, weight, bias)
+    """The matmul every projection uses: pyspec's row-invariant kernel, so a token's logits are bitwise
+    the same whether it is decoded alone or verified inside a block (BLAS changes kernels with M)."""
+    return ops.linear(x, weight, bias)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -1,0 +1,79 @@
+// Portable SIMD helpers of the CPU kernels: 8-lane float vectors with GCC vector extensions (AVX2 with
+// -march=native, also fine on SSE/NEON). Torch-free.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "common.h"
+
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+
+namespace pyspec::cpu {
+
+constexpr int kLanes = 8;  // floats per vector register (AVX2)
+
+typedef float vfloat __attribute__((vector_size(kLanes * sizeof(float))));
+typedef int32_t vint __attribute__((vector_size(kLanes * sizeof(int32_t))));
+typedef uint16_t vhalf __attribute__((vector_size(kLanes * sizeof(uint16_t))));
+typedef uint32_t vuint __attribute__((vector_size(kLanes * sizeof(uint32_t))));
+
+inline vfloat splat(float x) { return vfloat{} + x; }
+inline vfloat load(const float* p) {
+  vfloat v;
+  memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void store(float* p, vfloat v) { memcpy(p, &v, sizeof(v)); }
+
+// a * b + c with one rounding where the target has FMA (else two): always the same instruction, so a
+// kernel's result never depends on how the compiler contracted an expression.
+inline vfloat fmadd(vfloat a, vfloat b, vfloat c) {
+#if defined(__FMA__) && defined(__AVX__)
+  return reinterpret_cast<vfloat>(_mm256_fmadd_ps(reinterpret_cast<__m256>(a), reinterpret_cast<__m256>(b),
+                                                  reinterpret_cast<__m256>(c)));
+#else
+  return a * b + c;
+#endif
+}
+
+// kLanes bfloat16 values widened to float (exact: a bfloat16 is the upper half of a float).
+inline vfloat load(const bf16* p) {
+  vhalf h;
+  memcpy(&h, p, sizeof(h));
+  const vuint u = __builtin_convertvector(h, vuint) << 16;
+  vfloat v;
+  memcpy(&v, &u, sizeof(v));
+  return v;
+}
+
+// The first n < kLanes values at p, the other lanes zero.
+inline vfloat load_partial(const float* p, int64_t n) {
+  vfloat v = {};
+  for (int i = 0; i < kLanes; ++i)
+    if (i < n) v[i] = p[i];
+  return v;
+}
+inline vfloat load_partial(const bf16* p, int64_t n) {
+  vfloat v = {};
+  for (int i = 0; i < kLanes; ++i)
+    if (i < n) v[i] = to_float(p[i]);
+  return v;
+}
+
+// Sum of the lanes, sequential.
+inline float hsum(vfloat v) {
+  float s = 0.f;
+  for (int i = 0; i < kLanes; ++i) s += v[i];
+  return s;
+}
+inline float hmax(vfloat v) {
+  float m = v[0];
+  for (int i = 1; i < kLanes; ++i) m = std::max(m, v[i]);
+  return m;
+}
+
+}  // namespace pyspec::cpu
