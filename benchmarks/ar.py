@@ -59,6 +59,19 @@ def pyspec_generate(model, prompts: list[list[int]], max_new: int) -> tuple[list
     return [o.tokens for o in outs], time.perf_counter() - start
 
 
+def divergence_gap(model, prompt: list[int], ours: list[int], theirs: list[int]) -> str:
+    """Where two greedy outputs part, and pyspec's top-1/top-2 logit gap there (a near-tie shows as a
+    tiny gap: two fp32 implementations that sum in different orders may break it differently)."""
+    at = next(i for i, (a, b) in enumerate(zip(ours + [-1], theirs + [-2], strict=False)) if a != b)
+    cache = model.new_cache(num_pages=(len(prompt) + at) // 16 + 2)
+    seq = cache.add_sequence()
+    with torch.inference_mode():
+        logits = model(StepBatch.build(cache, [seq], [prompt + ours[:at]]), cache).logits[0]
+    top = logits.topk(2).values
+    gap = float(top[0] - top[1])
+    return f"token {at}: pyspec {ours[at : at + 1]}, transformers {theirs[at : at + 1]}, gap {gap:.2e}"
+
+
 def decode_throughput(model, hf, prompts, max_new, repeats, batch):
     """Median tokens/s of both tools over interleaved repeats; identity of their tokens."""
     groups = [prompts[i : i + batch] for i in range(0, len(prompts), batch)]
@@ -66,20 +79,22 @@ def decode_throughput(model, hf, prompts, max_new, repeats, batch):
     identical = True
     pad = model.config.eos_token_ids[0]
     for _ in range(repeats):
+        outputs = {}
         for name in ("transformers", "pyspec"):
             tokens, seconds = 0, 0.0
-            for group in groups:
-                if name == "pyspec":
-                    out, s = pyspec_generate(model, group, max_new)
-                    ours = out
-                else:
-                    out, s = hf_generate(hf, group, max_new, pad)
-                    theirs = out
+            for g, group in enumerate(groups):
+                run = pyspec_generate if name == "pyspec" else lambda m, p, n: hf_generate(hf, p, n, pad)
+                out, s = run(model, group, max_new)
+                outputs[name, g] = out
                 tokens += sum(len(o) for o in out)
                 seconds += s
-                if name == "pyspec" and batch == 1:
-                    identical &= ours == theirs
             rates[name].append(tokens / seconds)
+        for g, group in enumerate(groups if batch == 1 else []):  # padding changes transformers' batches
+            ours, theirs = outputs["pyspec", g][0], outputs["transformers", g][0]
+            if ours != theirs:
+                identical = False
+                where = divergence_gap(model, group[0], ours, theirs)
+                print(f"  prompt {g} differs from transformers at {where}")
     return rates, identical
 
 
@@ -117,7 +132,7 @@ def verify_costs(model, hf, ks, repeats) -> dict[str, dict[int, float]]:
         def run_hf(k):
             with torch.inference_mode():
                 hf(torch.arange(2000, 2000 + k)[None], past_key_values=past, use_cache=True)
-            past.crop(len(prompt))  # back to the prompt: the next run verifies the same position
+            past.crop(-k)  # back to the prompt: the next run verifies the same position
 
         for k in ks:
             theirs[k] = forward_time(lambda k=k: run_hf(k), repeats)
