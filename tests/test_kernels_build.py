@@ -20,36 +20,30 @@ def test_kernels_include_no_torch_header():
 
 
 def test_cpu_kernels_compile_alone_with_gxx(tmp_path):
+    """The CPU templates build with g++ alone, for float and bfloat16, with and without AVX (the
+    portable fallbacks)."""
     gxx = shutil.which("g++") or shutil.which("c++")
     if gxx is None:
         pytest.skip("no C++ compiler")
     unit = tmp_path / "cpu_kernels.cpp"
     unit.write_text(
-        '#include "tree_attention.h"\n#include "paged_kv.h"\n'
-        "template void pyspec::cpu::run_attention_item<float>(const pyspec::cpu::TreeAttentionParams<float>&,"
-        " const pyspec::cpu::AttentionItem&, pyspec::cpu::Partials&);\n"
-        "template void pyspec::cpu::run_attention_item<pyspec::bf16>(const pyspec::cpu::TreeAttentionParams"
-        "<pyspec::bf16>&, const pyspec::cpu::AttentionItem&, pyspec::cpu::Partials&);\n"
+        '#include "tree_attention.h"\n#include "paged_kv.h"\n#include "linear.h"\n'
+        "using namespace pyspec;\n"
+        "template void cpu::run_attention_item<float>(const cpu::TreeAttentionParams<float>&,"
+        " const cpu::AttentionItem&, cpu::Partials&);\n"
+        "template void cpu::run_attention_item<bf16>(const cpu::TreeAttentionParams<bf16>&,"
+        " const cpu::AttentionItem&, cpu::Partials&);\n"
+        "template void cpu::linear<float>(const cpu::LinearParams<float>&, int64_t, int64_t);\n"
+        "template void cpu::linear<bf16>(const cpu::LinearParams<bf16>&, int64_t, int64_t);\n"
     )
-    subprocess.run(
-        [
-            gxx,
-            "-std=c++17",
-            "-O1",
-            "-Wall",
-            "-Werror",
-            "-Wno-psabi",
-            "-c",
-            "-I",
-            str(KERNELS),
-            str(unit),
-            "-o",
-            str(tmp_path / "cpu.o"),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    for arch in ([], ["-march=native"]):
+        subprocess.run(
+            [gxx, "-std=c++17", "-O1", "-Wall", "-Werror", "-Wno-psabi", *arch, "-c", "-I", str(KERNELS)]
+            + [str(unit), "-o", str(tmp_path / "cpu.o")],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
 
 
 @pytest.mark.skipif(

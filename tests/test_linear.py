@@ -1,16 +1,10 @@
 """linear: against an fp64 reference, row invariant (bitwise, whatever M and the threads), bad inputs."""
 
-import shutil
-import subprocess
-from pathlib import Path
-
 import pytest
 import torch
 from conftest import DEVICES
 
 from pyspec import ops, reference
-
-KERNELS = Path(__file__).resolve().parents[1] / "csrc" / "kernels"
 
 
 def make(m, n, k, dtype=torch.float32, device="cpu", bias=True, seed=0):
@@ -157,25 +151,3 @@ def test_bad_input_is_a_clear_error(case):
     fn, message = BAD[case]
     with pytest.raises(RuntimeError, match=message):
         fn()
-
-
-def test_kernel_compiles_alone_with_gxx(tmp_path):
-    """linear.h is torch-free: g++ builds it alone, also without AVX (the portable fallbacks)."""
-    gxx = shutil.which("g++") or shutil.which("c++")
-    if gxx is None:
-        pytest.skip("no C++ compiler")
-    unit = tmp_path / "linear.cpp"
-    unit.write_text(
-        '#include "linear.h"\n'
-        "using namespace pyspec;\n"
-        "template void cpu::linear<float>(const cpu::LinearParams<float>&, int64_t, int64_t);\n"
-        "template void cpu::linear<bf16>(const cpu::LinearParams<bf16>&, int64_t, int64_t);\n"
-    )
-    for arch in ([], ["-march=native"]):
-        subprocess.run(
-            [gxx, "-std=c++17", "-O1", "-Wall", "-Werror", "-Wno-psabi", *arch, "-c", "-I", str(KERNELS)]
-            + [str(unit), "-o", str(tmp_path / "linear.o")],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
