@@ -6,7 +6,7 @@ RMSNorm, rotary embeddings at explicit positions, grouped-query attention throug
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -112,6 +112,29 @@ class LlamaModel(nn.Module):
     @property
     def head_weight(self) -> torch.Tensor:
         return self.embed_tokens if self.lm_head is None else self.lm_head
+
+    def first_layers(self, num_layers: int) -> LlamaModel:
+        """An early-exit draft: this model's first ``num_layers`` layers, final norm and head (weights
+        shared, not copied). A same-vocabulary draft built from the target, for tests and until
+        trained drafts exist.
+
+        Example:
+            >>> cfg = ModelConfig(vocab_size=32, hidden_size=16, num_layers=4, num_heads=4, num_kv_heads=2,
+            ...                   intermediate_size=32)
+            >>> LlamaModel(cfg).first_layers(1).config.num_layers
+            1
+        """
+        if not 1 <= num_layers <= self.config.num_layers:
+            raise ValueError(f"num_layers must be in [1, {self.config.num_layers}], got {num_layers}")
+        with torch.device("meta"):
+            draft = LlamaModel(replace(self.config, num_layers=0))
+        draft.config = replace(self.config, num_layers=num_layers)
+        draft.embed_tokens, draft.norm, draft.lm_head = self.embed_tokens, self.norm, self.lm_head
+        draft.layers = nn.ModuleList(self.layers[:num_layers])
+        draft.inv_freq = self.inv_freq
+        draft.tokenizer = getattr(self, "tokenizer", None)
+        draft.name = f"{getattr(self, 'name', 'model')}[:{num_layers}]"
+        return draft.eval()
 
     def new_cache(self, num_pages: int, page_size: int = 16) -> PagedKVCache:
         """An empty paged KV cache shaped for this model (same dtype and device)."""

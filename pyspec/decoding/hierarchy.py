@@ -1,0 +1,148 @@
+"""Hierarchical speculative decoding (papers.md §2): a stack of drafts of rising size.
+
+Level 0 drafts on its own (the n-gram drafter or a model drafting autoregressively). A level
+0 < i < K is a :class:`HierarchyLevel`: it asks the level below for a block, verifies it with one
+pass of its model (exact acceptance, q = the lower level's distributions), appends the accepted
+tokens and the recovered or bonus token, and repeats until it holds ``block_size`` tokens; it returns
+them with its own model's distributions, so the level above verifies them exactly. Each level keeps
+its own KV cache and rolls back what the level above rejected (:meth:`ModelRunner.sync`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+
+import torch
+
+from pyspec.decoding.verifier import Verifier
+from pyspec.drafters.base import Draft, Drafter
+from pyspec.drafters.model import ModelDrafter, TreeShape
+from pyspec.drafters.ngram import NgramDrafter
+from pyspec.models.llama import LlamaModel
+from pyspec.sampling import SamplingParams
+from pyspec.stats import LevelStats
+
+
+class HierarchyLevel(Drafter):
+    """A middle level of a hierarchy: ``model`` verifies ``lower``'s blocks until it holds
+    ``block_size`` tokens, and proposes them as a chain.
+
+    Example:
+        >>> level = HierarchyLevel(NgramDrafter(4), model.first_layers(10), block_size=6)  # doctest: +SKIP
+    """
+
+    def __init__(self, lower: Drafter, model: LlamaModel, block_size: int, name: str | None = None) -> None:
+        if block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}")
+        label = f"{name or getattr(model, 'name', 'model')}(block={block_size})"
+        super().__init__(label)
+        self.lower, self.block_size = lower, block_size
+        self.verifier = Verifier(model, label)
+        self.vocab_size = model.config.vocab_size
+
+    def levels(self) -> list[LevelStats]:
+        return self.lower.levels() + [self.verifier.stats]
+
+    def begin(self, max_lengths: Sequence[int]) -> None:
+        self.lower.begin(max_lengths)
+        self.verifier.begin(max_lengths)
+
+    def add(self, key: Hashable) -> None:
+        self.lower.add(key)
+        self.verifier.add(key)
+
+    def release(self, key: Hashable) -> None:
+        self.lower.release(key)
+        self.verifier.release(key)
+
+    def end(self) -> None:
+        self.lower.end()
+        self.verifier.end()
+
+    def propose(
+        self,
+        keys: Sequence[Hashable],
+        contexts: Sequence[Sequence[int]],
+        params: Sequence[SamplingParams],
+        generators: Sequence[torch.Generator],
+        budgets: Sequence[int],
+    ) -> list[Draft]:
+        held: list[list[int]] = [[] for _ in keys]
+        probs: list[list[torch.Tensor]] = [[] for _ in keys]
+        want = [min(self.block_size, b) for b in budgets]
+        act = [b for b in range(len(keys)) if want[b] > 0]
+        while act:
+            ctx = [list(contexts[b]) + held[b] for b in act]
+            sub = (
+                [keys[b] for b in act],
+                ctx,
+                [params[b] for b in act],
+                [generators[b] for b in act],
+            )
+            drafts = self.lower.propose(*sub, [budgets[b] - len(held[b]) - 1 for b in act])
+            results = self.verifier.step(sub[0], ctx, drafts, sub[2], sub[3])
+            for b, res in zip(act, results, strict=True):
+                held[b] += res.tokens
+                if res.probs is not None:
+                    probs[b].append(res.probs)
+            act = [b for b in act if len(held[b]) < want[b]]
+        return [Draft.chain(held[b], torch.cat(probs[b]) if probs[b] else None) for b in range(len(keys))]
+
+
+def check_vocabulary(draft: LlamaModel, target: LlamaModel) -> None:
+    """Raises ValueError unless ``draft`` and ``target`` share one vocabulary (size and token ids)."""
+    dn, tn = getattr(draft, "name", "draft"), getattr(target, "name", "target")
+    if draft.config.vocab_size != target.config.vocab_size:
+        raise ValueError(
+            f"draft {dn!r} has a vocabulary of {draft.config.vocab_size} tokens but the target {tn!r} has "
+            f"{target.config.vocab_size}: a draft must share the target's tokenizer"
+        )
+    dt, tt = getattr(draft, "tokenizer", None), getattr(target, "tokenizer", None)
+    if dt is not None and tt is not None and dt is not tt and dt.get_vocab() != tt.get_vocab():
+        raise ValueError(f"draft {dn!r} and target {tn!r} have different tokenizers (same size, other ids)")
+
+
+def build_stack(
+    target: LlamaModel,
+    drafts: Sequence[str | LlamaModel],
+    block_sizes: Sequence[int] | None = None,
+    tree: TreeShape | None = None,
+    tree_sampling: str = "topk",
+) -> Drafter:
+    """The drafter feeding ``target``: ``drafts`` bottom to top, ``"ngram"`` only at the bottom.
+
+    ``block_sizes[i]``: tokens level i proposes per request (default 4 each). ``tree``: the top draft
+    proposes this tree instead of a chain (the top draft must then be a model drafting alone).
+
+    Example:
+        >>> build_stack(target, ["ngram", target.first_layers(8)], [4, 6])  # doctest: +SKIP
+    """
+    if not drafts:
+        raise ValueError("no drafts given")
+    block_sizes = list(block_sizes) if block_sizes is not None else [4] * len(drafts)
+    if len(block_sizes) != len(drafts):
+        raise ValueError(f"{len(block_sizes)} block sizes for {len(drafts)} drafts")
+    if tree is not None and (len(drafts) != 1 or isinstance(drafts[0], str)):
+        raise ValueError(
+            "a draft tree is proposed by a single draft model (drafts=[model]); stacks verify chains"
+        )
+    stack: Drafter | None = None
+    for level, (draft, block) in enumerate(zip(drafts, block_sizes, strict=True)):
+        if isinstance(draft, str):
+            if draft != "ngram":
+                raise ValueError(f"unknown draft {draft!r}: use 'ngram' or a model")
+            if level:
+                raise ValueError(
+                    "the n-gram drafter has no distributions to verify with: it must be the bottom level"
+                )
+            stack = NgramDrafter(block)
+            continue
+        if not isinstance(draft, LlamaModel):
+            raise TypeError(f"a draft is 'ngram' or a model, got {type(draft).__name__}")
+        check_vocabulary(draft, target)
+        stack = (
+            ModelDrafter(draft, block, tree, tree_sampling)
+            if stack is None
+            else HierarchyLevel(stack, draft, block)
+        )
+    return stack
