@@ -8,7 +8,11 @@ from collections.abc import Sequence
 import torch
 
 from pyspec.decoding.autoregressive import generate_autoregressive
+from pyspec.decoding.hierarchy import build_stack
 from pyspec.decoding.output import GenerationOutput, StreamCallback
+from pyspec.decoding.speculative import generate_speculative
+from pyspec.drafters.base import Drafter
+from pyspec.drafters.model import TreeShape
 from pyspec.models.llama import LlamaModel
 from pyspec.models.loading import load_config, load_tokenizer, load_weights, resolve
 from pyspec.sampling import SamplingParams
@@ -69,6 +73,10 @@ def generate(
     stop: Sequence[str] = (),
     chat: bool = True,
     stream: StreamCallback | None = None,
+    drafts: Sequence[str | LlamaModel] | Drafter | None = None,
+    block_sizes: Sequence[int] | None = None,
+    tree: TreeShape | Sequence[int] | None = None,
+    tree_sampling: str = "topk",
 ) -> list[GenerationOutput]:
     """Generates a reply to each prompt; all prompts decode together in one ragged batch.
 
@@ -77,12 +85,29 @@ def generate(
     receives new text of prompt i as it is produced. Each output has ``.text``, ``.tokens``,
     ``.finish_reason`` and ``.stats``.
 
+    Speculative decoding (lossless: the same greedy tokens, the same sampling distribution) when
+    ``drafts`` is given: a stack bottom to top, e.g. ``["ngram"]``, ``[draft_model]`` or
+    ``["ngram", small, larger]`` (hierarchical), with ``block_sizes`` tokens per level (default 4);
+    or any :class:`pyspec.drafters.Drafter`. ``tree``: a single draft model proposes this token tree
+    (a :class:`TreeShape`, or per-depth widths such as ``[3, 2, 1]``) instead of a chain;
+    ``tree_sampling``: its children are the top-ranked tokens (``"topk"``) or independent draws
+    (``"sample"``). ``stats["levels"]`` reports passes, time and acceptance per level.
+
     Example:
         >>> model = load_model("smollm2-135m-instruct")  # doctest: +SKIP
         >>> generate(model, "Write a haiku about tea.", max_new_tokens=32)[0].text  # doctest: +SKIP
+        >>> generate(model, "Write a haiku about tea.", drafts=["ngram"])[0].stats["mat"]  # doctest: +SKIP
     """
     ids = encode_prompts(model, prompts, chat)
     params = [
         SamplingParams(temperature, top_k, top_p, None if seed is None else seed + i) for i in range(len(ids))
     ]
-    return generate_autoregressive(model, ids, max_new_tokens, params, tuple(stop), stream)
+    if drafts is None:
+        return generate_autoregressive(model, ids, max_new_tokens, params, tuple(stop), stream)
+    if isinstance(drafts, Drafter):
+        drafter = drafts
+    else:
+        if tree is not None and not isinstance(tree, TreeShape):
+            tree = TreeShape.branching(list(tree))
+        drafter = build_stack(model, list(drafts), block_sizes, tree, tree_sampling)
+    return generate_speculative(model, ids, drafter, max_new_tokens, params, tuple(stop), stream)
