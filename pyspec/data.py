@@ -48,3 +48,24 @@ def humaneval() -> list[Prompt]:
     except ImportError as e:
         raise FileNotFoundError(f"HumanEval is not installed; install it with: {HUMANEVAL_INSTALL}") from e
     return [Prompt(task, "humaneval", p["prompt"]) for task, p in read_problems().items()]
+
+
+def held_out(prompts: list[Prompt], every: int) -> list[Prompt]:
+    """The benchmark's held-out prompts: every ``every``-th prompt (starting with the first). The others
+    are free for calibration (profiling, acceptance); training never uses MT-bench or HumanEval.
+
+    Example:
+        >>> [p.category for p in held_out(mtbench(), 4)][:3]
+        ['writing', 'writing', 'writing']
+    """
+    return prompts[::every]
+
+
+def calibration(prompts: list[Prompt], every: int) -> list[Prompt]:
+    """The prompts :func:`held_out` leaves out, for calibration.
+
+    Example:
+        >>> len(calibration(mtbench(), 4)) + len(held_out(mtbench(), 4))
+        80
+    """
+    return [p for i, p in enumerate(prompts) if i % every]
