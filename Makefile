@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 EXT_SOURCES := $(shell find csrc -name '*.h' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.cu') setup.py pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: setup run test bench bench-ar qwen lint cuda-build-check cmake-build clean
+.PHONY: setup run test bench bench-ar bench-spec qwen lint cuda-build-check cmake-build clean
 
 setup: $(VENV)/.built
 
@@ -27,18 +27,24 @@ $(VENV)/.built: $(VENV)/.deps $(EXT_SOURCES)
 	$(PIP) install --quiet --no-build-isolation --no-deps -e .
 	touch $@
 
-# The main job: the real SmolLM2-135M-Instruct generating a streamed reply, with its numbers.
-PROMPT ?= Explain in a few sentences why the sky is blue.
+# The main job: the real SmolLM2-135M-Instruct generating a streamed reply with speculative decoding
+# (n-gram drafts), then the same prompt without drafts: both speeds, the speed-up, and a check that
+# the two outputs are token-identical.
+PROMPT ?= Turn this list into a Markdown table with columns Country, Capital and Currency: France - Paris - euro; Japan - Tokyo - yen; Poland - Warsaw - zloty; Mexico - Mexico City - peso; India - New Delhi - rupee; Sweden - Stockholm - krona; Egypt - Cairo - pound; Brazil - Brasilia - real.
+DRAFT ?= ngram
 run: setup
-	$(PY) -m pyspec --threads 2 generate --model smollm2-135m-instruct --max-new-tokens 128 --prompt "$(PROMPT)"
+	$(PY) -m pyspec --threads 2 generate --model smollm2-135m-instruct --draft $(DRAFT) --compare --max-new-tokens 128 --prompt "$(PROMPT)"
 
-# Benchmarks: the ops (tree attention against the reference path) and autoregressive decoding
-# against transformers generate().
+# Benchmarks: the ops (tree attention against the reference path), autoregressive decoding
+# against transformers generate(), and speculative decoding modes against autoregressive decoding.
 bench: setup
 	$(PY) benchmarks/ops.py
 
 bench-ar: setup
 	$(PY) benchmarks/ar.py
+
+bench-spec: setup
+	$(PY) benchmarks/spec.py
 
 test: setup
 	$(PY) -m pytest -q -m "not slow" --doctest-modules pyspec tests $(PYTEST_ARGS)

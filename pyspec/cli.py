@@ -8,15 +8,28 @@ import sys
 import torch
 
 
+def _drafts(args: argparse.Namespace, target) -> list | None:
+    """The ``--draft`` stack, bottom to top: 'ngram', 'early:N' (the target's first N layers) or a model."""
+    from pyspec.api import load_model
+
+    drafts = []
+    for spec in args.draft:
+        if spec == "ngram":
+            drafts.append(spec)
+        elif spec.startswith("early:"):
+            drafts.append(target.first_layers(int(spec.split(":", 1)[1])))
+        else:
+            drafts.append(load_model(spec))
+    return drafts or None
+
+
 def _generate(args: argparse.Namespace) -> int:
     from pyspec.api import generate, load_model
     from pyspec.sampling import SamplingParams
 
     SamplingParams(args.temperature, args.top_k, args.top_p, args.seed)  # bad values fail before loading
     model = load_model(args.model)
-    out = generate(
-        model,
-        args.prompt,
+    kw = dict(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         top_k=args.top_k,
@@ -24,15 +37,41 @@ def _generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         stop=args.stop,
         chat=not args.no_chat,
+    )
+    drafts = _drafts(args, model)
+    tree = [int(w) for w in args.tree.split(",")] if args.tree else None
+    out = generate(
+        model,
+        args.prompt,
         stream=lambda _, text: print(text, end="", flush=True),
+        drafts=drafts,
+        block_sizes=args.block_size or None,
+        tree=tree,
+        **kw,
     )[0]
     s = out.stats
+    mode = (
+        "autoregressive" if drafts is None else "speculative (" + " > ".join(args.draft + [args.model]) + ")"
+    )
     print(
-        f"\n\n[{s['new_tokens']} tokens in {s['seconds']:.2f} s, {s['tokens_per_second']:.1f} tokens/s, "
-        f"prompt {s['prompt_tokens']} tokens, {s['target_passes']} forward passes, "
-        f"finished by {out.finish_reason}]",
+        f"\n\n[{mode}: {s['new_tokens']} tokens in {s['seconds']:.2f} s, "
+        f"{s['tokens_per_second']:.1f} tokens/s, "
+        f"{s['target_passes']} target passes, {s['mat']:.2f} tokens per pass, prompt {s['prompt_tokens']} "
+        f"tokens, finished by {out.finish_reason}]",
         file=sys.stderr,
     )
+    if args.compare and drafts is not None:
+        plain = generate(model, args.prompt, **kw)[0]
+        p = plain.stats
+        same = "identical" if plain.tokens == out.tokens else "DIFFERENT"
+        print(
+            f"[plain decoding: {p['new_tokens']} tokens in {p['seconds']:.2f} s, "
+            f"{p['tokens_per_second']:.1f} tokens/s; speculative is {p['seconds'] / s['seconds']:.2f}x "
+            f"faster; outputs {same}]",
+            file=sys.stderr,
+        )
+        if plain.tokens != out.tokens and args.temperature == 0:
+            return 1
     return 0
 
 
@@ -50,6 +89,22 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--stop", action="append", default=[], help="a stop string (repeatable)")
     gen.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
+    gen.add_argument(
+        "--draft",
+        action="append",
+        default=[],
+        help="speculative decoding: a draft level, bottom to top (repeatable): 'ngram', 'early:N' "
+        "(the target's first N layers) or a model with the target's vocabulary",
+    )
+    gen.add_argument("--block-size", type=int, action="append", default=[], help="tokens per draft level")
+    gen.add_argument(
+        "--tree", default=None, help="a single draft model proposes a tree: widths per depth, e.g. 3,2,1"
+    )
+    gen.add_argument(
+        "--compare",
+        action="store_true",
+        help="also decode without drafts: print the speed-up, check identity",
+    )
     gen.set_defaults(run=_generate)
     return parser
 

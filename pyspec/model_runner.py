@@ -23,11 +23,21 @@ from pyspec.models.llama import LlamaModel
 class ModelRunner:
     """Runs ``model`` over ragged batches of chains and trees with one cache for all sequences.
 
-    Example:
-        >>> runner = ModelRunner(model, num_pages=64)  # doctest: +SKIP
-        >>> runner.add("a"); feed = runner.sync("a", [1, 2, 3])  # [1, 2, 3]: nothing cached yet
-        >>> logits = runner.run(["a"], [feed], [None], [[2]])  # doctest: +SKIP
-        >>> runner.keep(["a"], [[0, 1, 2]])  # doctest: +SKIP
+    Example (random weights, for shapes only):
+        >>> from pyspec.models.config import ModelConfig
+        >>> cfg = ModelConfig(vocab_size=32, hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1,
+        ...                   intermediate_size=32)
+        >>> runner = ModelRunner(LlamaModel(cfg), num_pages=8, page_size=4)
+        >>> runner.add("a")
+        >>> runner.sync("a", [1, 2, 3])  # nothing cached yet
+        [1, 2, 3]
+        >>> [logits.shape for logits in runner.run(["a"], [[1, 2, 3]], [None], [[2]])]
+        [torch.Size([1, 32])]
+        >>> runner.keep(["a"], [[0, 1, 2]])
+        >>> runner.sync("a", [1, 2, 3, 4])  # 1, 2, 3 are cached
+        [4]
+        >>> runner.sync("a", [1, 9, 5])  # rolls back to [1]
+        [9, 5]
     """
 
     def __init__(self, model: LlamaModel, num_pages: int, page_size: int = 16) -> None:
