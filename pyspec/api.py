@@ -88,8 +88,9 @@ def generate(
     Speculative decoding (lossless: the same greedy tokens, the same sampling distribution) when
     ``drafts`` is given: a stack bottom to top, e.g. ``["ngram"]``, ``[draft_model]`` or
     ``["ngram", small, larger]`` (hierarchical), with ``block_sizes`` tokens per level (default 4);
-    or any :class:`pyspec.drafters.Drafter`. ``tree``: a single draft model proposes this token tree
-    (a :class:`TreeShape`, or per-depth widths such as ``[3, 2, 1]``) instead of a chain;
+    or any :class:`pyspec.drafters.Drafter`. ``tree``: the top draft proposes a token tree instead of a
+    chain: a single draft model any :class:`TreeShape` (or per-depth widths such as ``[3, 2, 1]``),
+    the top level of a stack per-depth widths (its chain plus sibling candidates);
     ``tree_sampling``: its children are the top-ranked tokens (``"topk"``) or independent draws
     (``"sample"``). ``stats["levels"]`` reports passes, time and acceptance per level.
 
@@ -107,7 +108,5 @@ def generate(
     if isinstance(drafts, Drafter):
         drafter = drafts
     else:
-        if tree is not None and not isinstance(tree, TreeShape):
-            tree = TreeShape.branching(list(tree))
         drafter = build_stack(model, list(drafts), block_sizes, tree, tree_sampling)
     return generate_speculative(model, ids, drafter, max_new_tokens, params, tuple(stop), stream)

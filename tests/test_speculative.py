@@ -50,6 +50,7 @@ STACKS = {
     ),
     "2-level": lambda m: build_stack(m, ["ngram", m.first_layers(22)], [3, 4]),
     "3-level": lambda m: build_stack(m, ["ngram", m.first_layers(12), m.first_layers(24)], [2, 3, 4]),
+    "2-level-tree": lambda m: build_stack(m, ["ngram", m.first_layers(22)], [3, 4], tree=[3, 2, 1]),
 }
 
 
@@ -116,6 +117,7 @@ SAMPLED_STACKS = {
         m, [m.first_layers(16)], tree=TreeShape.branching([2, 2]), tree_sampling="sample"
     ),
     "2-level": lambda m: build_stack(m, [m.first_layers(8), m.first_layers(16)], [2, 3]),
+    "2-level-tree": lambda m: build_stack(m, [m.first_layers(8), m.first_layers(16)], [2, 3], tree=[2, 2]),
 }
 
 
@@ -179,5 +181,7 @@ def test_a_draft_with_another_vocabulary_is_refused(model):
         pyspec.generate(model, "Hi", drafts=[other])
     with pytest.raises(ValueError, match="bottom level"):
         pyspec.generate(model, "Hi", drafts=[model.first_layers(4), "ngram"])
-    with pytest.raises(ValueError, match="single draft model"):
+    with pytest.raises(ValueError, match="n-gram drafter proposes chains"):
         pyspec.generate(model, "Hi", drafts=["ngram"], tree=[2, 2])
+    with pytest.raises(ValueError, match="per-depth widths"):
+        pyspec.generate(model, "Hi", drafts=["ngram", model.first_layers(4)], tree=TreeShape.chain(2))

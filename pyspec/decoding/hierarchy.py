@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from pyspec.decoding.verifier import Verifier
 from pyspec.drafters.base import Draft, Drafter
@@ -25,18 +26,31 @@ from pyspec.stats import LevelStats
 
 class HierarchyLevel(Drafter):
     """A middle level of a hierarchy: ``model`` verifies ``lower``'s blocks until it holds
-    ``block_size`` tokens, and proposes them as a chain.
+    ``block_size`` tokens, and proposes them as a chain; with ``widths``, as a tree: at depth d the
+    held token and the ``widths[d] - 1`` next tokens ranked highest by ``model`` there, as
+    deterministic candidates (leaves). Both stay exact: after the held token (drawn from the
+    model's distribution) is rejected, the residual does not depend on which token it was, and a
+    deterministic candidate is exact from any residual.
 
     Example:
         >>> level = HierarchyLevel(NgramDrafter(4), model.first_layers(10), block_size=6)  # doctest: +SKIP
     """
 
-    def __init__(self, lower: Drafter, model: LlamaModel, block_size: int, name: str | None = None) -> None:
+    def __init__(
+        self,
+        lower: Drafter,
+        model: LlamaModel,
+        block_size: int,
+        widths: Sequence[int] | None = None,
+        name: str | None = None,
+    ) -> None:
         if block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size}")
+        if widths is not None and (not widths or min(widths) < 1):
+            raise ValueError(f"widths must be a non-empty list of positive counts, got {widths}")
         label = f"{name or getattr(model, 'name', 'model')}(block={block_size})"
         super().__init__(label)
-        self.lower, self.block_size = lower, block_size
+        self.lower, self.block_size, self.widths = lower, block_size, list(widths or [])
         self.verifier = Verifier(model, label)
         self.vocab_size = model.config.vocab_size
 
@@ -69,6 +83,8 @@ class HierarchyLevel(Drafter):
     ) -> list[Draft]:
         held: list[list[int]] = [[] for _ in keys]
         probs: list[list[torch.Tensor]] = [[] for _ in keys]
+        alts: list[list[list[int]]] = [[] for _ in keys]
+        extra = max(self.widths, default=1) - 1
         want = [min(self.block_size, b) for b in budgets]
         act = [b for b in range(len(keys)) if want[b] > 0]
         while act:
@@ -80,13 +96,32 @@ class HierarchyLevel(Drafter):
                 [generators[b] for b in act],
             )
             drafts = self.lower.propose(*sub, [budgets[b] - len(held[b]) - 1 for b in act])
-            results = self.verifier.step(sub[0], ctx, drafts, sub[2], sub[3])
+            results = self.verifier.step(sub[0], ctx, drafts, sub[2], sub[3], alternatives=extra)
             for b, res in zip(act, results, strict=True):
                 held[b] += res.tokens
+                alts[b] += res.alternatives or [[] for _ in res.tokens]
                 if res.probs is not None:
                     probs[b].append(res.probs)
             act = [b for b in act if len(held[b]) < want[b]]
-        return [Draft.chain(held[b], torch.cat(probs[b]) if probs[b] else None) for b in range(len(keys))]
+        drafts = []
+        for b in range(len(keys)):
+            q = torch.cat(probs[b]) if probs[b] else None
+            drafts.append(self._tree(held[b], alts[b], q) if self.widths else Draft.chain(held[b], q))
+        return drafts
+
+    def _tree(self, held: list[int], alts: list[list[int]], q: torch.Tensor | None) -> Draft:
+        """The held chain with each depth's next-ranked tokens as sibling leaves (held token first)."""
+        tokens, parents, rows, parent = [], [], [], -1
+        for depth, token in enumerate(held):
+            width = self.widths[depth] if depth < len(self.widths) else 1
+            node = len(tokens)
+            for i, t in enumerate([token] + alts[depth][: width - 1]):
+                tokens.append(t)
+                parents.append(parent)
+                if q is not None:
+                    rows.append(q[depth] if i == 0 else F.one_hot(torch.tensor(t), q.shape[1]).to(q.dtype))
+            parent = node
+        return Draft(tokens, parents, torch.stack(rows) if rows else None)
 
 
 def check_vocabulary(draft: LlamaModel, target: LlamaModel) -> None:
@@ -106,13 +141,15 @@ def build_stack(
     target: LlamaModel,
     drafts: Sequence[str | LlamaModel],
     block_sizes: Sequence[int] | None = None,
-    tree: TreeShape | None = None,
+    tree: TreeShape | Sequence[int] | None = None,
     tree_sampling: str = "topk",
 ) -> Drafter:
     """The drafter feeding ``target``: ``drafts`` bottom to top, ``"ngram"`` only at the bottom.
 
     ``block_sizes[i]``: tokens level i proposes per request (default 4 each). ``tree``: the top draft
-    proposes this tree instead of a chain (the top draft must then be a model drafting alone).
+    proposes a tree instead of a chain. A single draft model expands any :class:`TreeShape` (per-depth
+    widths ``[3, 2, 1]`` mean :meth:`TreeShape.branching`); the top level of a stack takes widths only,
+    its held chain plus ``widths[d] - 1`` sibling candidates at depth d (see :class:`HierarchyLevel`).
 
     Example:
         >>> build_stack(target, ["ngram", target.first_layers(8)], [4, 6])  # doctest: +SKIP
@@ -122,10 +159,12 @@ def build_stack(
     block_sizes = list(block_sizes) if block_sizes is not None else [4] * len(drafts)
     if len(block_sizes) != len(drafts):
         raise ValueError(f"{len(block_sizes)} block sizes for {len(drafts)} drafts")
-    if tree is not None and (len(drafts) != 1 or isinstance(drafts[0], str)):
-        raise ValueError(
-            "a draft tree is proposed by a single draft model (drafts=[model]); stacks verify chains"
-        )
+    if tree is not None and isinstance(drafts[-1], str):
+        raise ValueError("the n-gram drafter proposes chains: a tree needs a draft model at the top")
+    if tree is not None and len(drafts) > 1 and isinstance(tree, TreeShape):
+        raise ValueError("the top level of a stack takes a tree as per-depth widths, e.g. [3, 2, 1]")
+    if tree is not None and len(drafts) == 1 and not isinstance(tree, TreeShape):
+        tree = TreeShape.branching(list(tree))
     stack: Drafter | None = None
     for level, (draft, block) in enumerate(zip(drafts, block_sizes, strict=True)):
         if isinstance(draft, str):
@@ -140,9 +179,9 @@ def build_stack(
         if not isinstance(draft, LlamaModel):
             raise TypeError(f"a draft is 'ngram' or a model, got {type(draft).__name__}")
         check_vocabulary(draft, target)
-        stack = (
-            ModelDrafter(draft, block, tree, tree_sampling)
-            if stack is None
-            else HierarchyLevel(stack, draft, block)
-        )
+        top = level == len(drafts) - 1
+        if stack is None:
+            stack = ModelDrafter(draft, block, tree if top else None, tree_sampling)
+        else:
+            stack = HierarchyLevel(stack, draft, block, tree if top else None)
     return stack

@@ -24,6 +24,7 @@ class Verified:
     tokens: list[int]  # accepted draft tokens, then the recovered or bonus token
     num_accepted: int
     probs: torch.Tensor | None  # [len(tokens), vocab]: the verifier's distribution at each (sampling only)
+    alternatives: list[list[int]] | None = None  # per emitted token, the verifier's next-ranked tokens there
 
 
 class Verifier:
@@ -55,8 +56,12 @@ class Verifier:
         drafts: Sequence[Draft],
         params: Sequence[SamplingParams],
         generators: Sequence[torch.Generator],
+        alternatives: int = 0,
     ) -> list[Verified]:
-        """Scores every sequence's context tail and draft tree in one pass and keeps what is accepted."""
+        """Scores every sequence's context tail and draft tree in one pass and keeps what is accepted.
+
+        ``alternatives``: also return, per emitted token, this many other tokens ranked highest by the
+        verifier at that position (for a level that proposes a tree to the level above)."""
         start = time.perf_counter()
         feeds, trees, rows, pending = [], [], [], []
         for key, ctx, d in zip(keys, contexts, drafts, strict=True):
@@ -112,6 +117,14 @@ class Verifier:
                 rows_before = [0] + [node + 1 for node in paths[b]]  # the row each emitted token was drawn at
                 results[b] = self._result(drafts[b], paths[b], verdict, i, target[i, rows_before])
 
+        if alternatives:
+            for b, res in results.items():
+                rows_before = [0] + [node + 1 for node in paths[b]]
+                ranked = logits[b][rows_before].topk(alternatives + 1, dim=-1).indices.tolist()
+                res.alternatives = [
+                    [t for t in r if t != tok][:alternatives]
+                    for r, tok in zip(ranked, res.tokens, strict=True)
+                ]
         self.runner.keep(keys, [list(range(m)) + [m + v for v in paths[b]] for b, m in enumerate(pending)])
         for b, d in enumerate(drafts):
             self.stats.record(len(d), results[b].num_accepted)
