@@ -53,13 +53,16 @@ class HierarchyLevel(Drafter):
         self.lower, self.block_size, self.widths = lower, block_size, list(widths or [])
         self.verifier = Verifier(model, label)
         self.vocab_size = model.config.vocab_size
+        # it stops once it holds block_size tokens; its last verification adds at most lower + 1
+        longest = block_size + lower.max_draft
+        self.max_draft = longest * max(self.widths, default=1)
 
     def levels(self) -> list[LevelStats]:
         return self.lower.levels() + [self.verifier.stats]
 
     def begin(self, max_lengths: Sequence[int]) -> None:
         self.lower.begin(max_lengths)
-        self.verifier.begin(max_lengths)
+        self.verifier.begin([n + self.lower.max_draft for n in max_lengths])
 
     def add(self, key: Hashable) -> None:
         self.lower.add(key)

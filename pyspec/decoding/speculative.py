@@ -19,7 +19,7 @@ from pyspec.drafters.base import Drafter
 from pyspec.models.llama import LlamaModel
 from pyspec.sampling import SamplingParams
 
-SLACK = 128  # cache room past a sequence's final length for drafts that are later rejected
+MARGIN = 16  # cache room past prompt + max_new_tokens, on top of each level's largest draft
 
 
 def generate_speculative(
@@ -53,9 +53,9 @@ def generate_speculative(
         raise ValueError(f"{len(params)} sampling settings for {len(prompts)} prompts")
     context = target.config.max_position_embeddings
     limits = [min(max_new_tokens, context - len(p)) for p in prompts]
-    lengths = [len(p) + n + SLACK for p, n in zip(prompts, limits, strict=True)]
+    lengths = [len(p) + n + MARGIN for p, n in zip(prompts, limits, strict=True)]
     verifier = Verifier(target, getattr(target, "name", "target"))
-    verifier.begin(lengths)
+    verifier.begin([n + drafter.max_draft for n in lengths])
     drafter.begin(lengths)
     generators = [p.generator() for p in params]
     texts = [TextTracker(target.tokenizer, tuple(stop_strings), i, stream) for i in range(len(prompts))]

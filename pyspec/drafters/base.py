@@ -49,6 +49,8 @@ class Drafter(ABC):
 
     #: vocabulary size the drafter's token ids live in; None when it copies context tokens (n-gram)
     vocab_size: int | None = None
+    #: the most tokens one proposal can hold (sizes the KV caches of the levels above)
+    max_draft: int = 0
 
     def __init__(self, name: str) -> None:
         self.stats = LevelStats(name)

@@ -129,11 +129,13 @@ class ModelDrafter(Drafter):
         )
         self.model, self.block_size, self.tree, self.tree_sampling = model, block_size, tree, tree_sampling
         self.vocab_size = model.config.vocab_size
+        self.max_draft = len(tree.parents) if tree else block_size
         self.runner: ModelRunner | None = None
 
     def begin(self, max_lengths: Sequence[int]) -> None:
         super().begin(max_lengths)
-        self.runner = ModelRunner(self.model, pages_needed(max_lengths, 16), 16)
+        tree_room = self.max_draft  # uncommitted tree nodes past the context
+        self.runner = ModelRunner(self.model, pages_needed([n + tree_room for n in max_lengths], 16), 16)
 
     def add(self, key: Hashable) -> None:
         self.runner.add(key)

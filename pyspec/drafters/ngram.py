@@ -44,6 +44,7 @@ class NgramDrafter(Drafter):
             raise ValueError("block_size must be >= 1 and 1 <= min_ngram <= max_ngram")
         super().__init__(f"ngram(block={block_size})")
         self.block_size, self.max_ngram, self.min_ngram = block_size, max_ngram, min_ngram
+        self.max_draft = block_size
 
     def propose(
         self,
