@@ -185,3 +185,19 @@ def test_a_draft_with_another_vocabulary_is_refused(model):
         pyspec.generate(model, "Hi", drafts=["ngram"], tree=[2, 2])
     with pytest.raises(ValueError, match="per-depth widths"):
         pyspec.generate(model, "Hi", drafts=["ngram", model.first_layers(4)], tree=TreeShape.chain(2))
+
+
+def test_a_large_tree_fits_the_cache(model, prompts, reference):
+    """84 draft nodes per step: the caches are sized from the drafter's largest proposal."""
+    stack = build_stack(model, [model.first_layers(6)], tree=TreeShape.branching([4, 4, 4]))
+    out = generate_speculative(model, prompts[:1], stack, 16)
+    assert out[0].tokens == reference[0][:16]
+
+
+def test_cli_compares_with_plain_decoding(capsys):
+    from pyspec.cli import main
+
+    args = ["generate", "--draft", "ngram", "--compare", "--max-new-tokens", "24", "--prompt", "Say hello."]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "speculative (ngram > smollm2-135m-instruct)" in err and "outputs identical" in err

@@ -4,7 +4,7 @@ Level 0 drafts on its own (the n-gram drafter or a model drafting autoregressive
 0 < i < K is a :class:`HierarchyLevel`: it asks the level below for a block, verifies it with one
 pass of its model (exact acceptance, q = the lower level's distributions), appends the accepted
 tokens and the recovered or bonus token, and repeats until it holds ``block_size`` tokens; it returns
-them with its own model's distributions, so the level above verifies them exactly. Each level keeps
+exactly ``block_size`` of them with its own model's distributions, so the level above verifies them exactly. Each level keeps
 its own KV cache and rolls back what the level above rejected (:meth:`ModelRunner.sync`).
 """
 
@@ -26,7 +26,9 @@ from pyspec.stats import LevelStats
 
 class HierarchyLevel(Drafter):
     """A middle level of a hierarchy: ``model`` verifies ``lower``'s blocks until it holds
-    ``block_size`` tokens, and proposes them as a chain; with ``widths``, as a tree: at depth d the
+    ``block_size`` tokens, and proposes exactly those (the surplus of its last verification is
+    dropped: a prefix of exactly distributed tokens is exactly distributed, and blocks of a fixed size
+    are what :mod:`planner.hierarchy` models) as a chain; with ``widths``, as a tree: at depth d the
     held token and the ``widths[d] - 1`` next tokens ranked highest by ``model`` there, as
     deterministic candidates (leaves). Both stay exact: after the held token (drawn from the
     model's distribution) is rejected, the residual does not depend on which token it was, and a
@@ -53,9 +55,7 @@ class HierarchyLevel(Drafter):
         self.lower, self.block_size, self.widths = lower, block_size, list(widths or [])
         self.verifier = Verifier(model, label)
         self.vocab_size = model.config.vocab_size
-        # it stops once it holds block_size tokens; its last verification adds at most lower + 1
-        longest = block_size + lower.max_draft
-        self.max_draft = longest * max(self.widths, default=1)
+        self.max_draft = block_size * max(self.widths, default=1)
 
     def levels(self) -> list[LevelStats]:
         return self.lower.levels() + [self.verifier.stats]
@@ -107,9 +107,12 @@ class HierarchyLevel(Drafter):
                     probs[b].append(res.probs)
             act = [b for b in act if len(held[b]) < want[b]]
         drafts = []
-        for b in range(len(keys)):
-            q = torch.cat(probs[b]) if probs[b] else None
-            drafts.append(self._tree(held[b], alts[b], q) if self.widths else Draft.chain(held[b], q))
+        for b in range(len(keys)):  # exactly the block: the surplus of the last verification is dropped
+            n = want[b]
+            q = torch.cat(probs[b])[:n] if probs[b] else None
+            drafts.append(
+                self._tree(held[b][:n], alts[b][:n], q) if self.widths else Draft.chain(held[b][:n], q)
+            )
         return drafts
 
     def _tree(self, held: list[int], alts: list[list[int]], q: torch.Tensor | None) -> Draft:
