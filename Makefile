@@ -47,7 +47,7 @@ bench-spec: setup
 	$(PY) benchmarks/spec.py
 
 test: setup
-	$(PY) -m pytest -q -m "not slow" --doctest-modules pyspec tests $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow" --doctest-modules pyspec planner tests $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check pyspec planner tests benchmarks
