@@ -4,8 +4,9 @@ Level 0 drafts on its own (the n-gram drafter or a model drafting autoregressive
 0 < i < K is a :class:`HierarchyLevel`: it asks the level below for a block, verifies it with one
 pass of its model (exact acceptance, q = the lower level's distributions), appends the accepted
 tokens and the recovered or bonus token, and repeats until it holds ``block_size`` tokens; it returns
-exactly ``block_size`` of them with its own model's distributions, so the level above verifies them exactly. Each level keeps
-its own KV cache and rolls back what the level above rejected (:meth:`ModelRunner.sync`).
+exactly ``block_size`` of them with its own model's distributions, so the level above verifies them
+exactly. Each level keeps its own KV cache and rolls back what the level above rejected
+(:meth:`ModelRunner.sync`).
 """
 
 from __future__ import annotations
