@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 
 import torch
 
+from planner.plan import Plan, make_plan
 from pyspec.decoding.autoregressive import generate_autoregressive
 from pyspec.decoding.hierarchy import build_stack
 from pyspec.decoding.output import GenerationOutput, StreamCallback
@@ -77,6 +79,7 @@ def generate(
     block_sizes: Sequence[int] | None = None,
     tree: TreeShape | Sequence[int] | None = None,
     tree_sampling: str = "topk",
+    plan: Plan | None = None,
 ) -> list[GenerationOutput]:
     """Generates a reply to each prompt; all prompts decode together in one ragged batch.
 
@@ -103,6 +106,10 @@ def generate(
     params = [
         SamplingParams(temperature, top_k, top_p, None if seed is None else seed + i) for i in range(len(ids))
     ]
+    if plan is not None:
+        if drafts is not None:
+            raise ValueError("give either drafts or a plan, not both")
+        drafts, block_sizes = _from_plan(model, plan, len(ids))
     if drafts is None:
         return generate_autoregressive(model, ids, max_new_tokens, params, tuple(stop), stream)
     if isinstance(drafts, Drafter):
@@ -110,3 +117,52 @@ def generate(
     else:
         drafter = build_stack(model, list(drafts), block_sizes, tree, tree_sampling)
     return generate_speculative(model, ids, drafter, max_new_tokens, params, tuple(stop), stream)
+
+
+def _from_plan(model: LlamaModel, plan: Plan, batch_size: int) -> tuple[list | None, list[int] | None]:
+    """The drafts and block sizes ``plan`` chose for this batch size (None: plain decoding)."""
+    from pyspec.profile import hardware, resolve_candidate
+
+    differs = plan.hardware_mismatch(hardware())
+    if differs:
+        warnings.warn(
+            f"this plan was made on other hardware ({', '.join(differs)} differ): its choices may not be "
+            "the fastest here; run `pyspec plan` on this machine",
+            stacklevel=3,
+        )
+    if plan.target != getattr(model, "name", None):
+        raise ValueError(f"the plan is for target {plan.target!r}, not {getattr(model, 'name', None)!r}")
+    choice = plan.for_batch(batch_size)
+    if not choice.levels:
+        return None, None
+    return [resolve_candidate(model, n) for n, _ in choice.levels], [t for _, t in choice.levels]
+
+
+def plan(
+    model: LlamaModel,
+    drafts: Sequence[str] = ("ngram",),
+    prompts: Sequence[str] | None = None,
+    batch_sizes: Sequence[int] = (1,),
+    temperature: float = 0.0,
+    max_block: int = 16,
+) -> Plan:
+    """Profiles ``model`` and candidate ``drafts`` (``"ngram"``, ``"early:N"``) on this machine and
+    returns the fastest :class:`~planner.plan.Plan` per batch size (including plain decoding).
+
+    ``prompts``: calibration prompts (default: 4 MT-bench and 4 HumanEval prompts that the benchmarks
+    hold out of their sets). Takes about a minute for SmolLM2 on 2 cores.
+
+    Example:
+        >>> p = pyspec.plan(model, drafts=["ngram", "early:20"])  # doctest: +SKIP
+        >>> pyspec.generate(model, "Hi", plan=p)  # doctest: +SKIP
+    """
+    from pyspec.data import calibration, humaneval, mtbench
+    from pyspec.profile import profile
+
+    if prompts is None:
+        ids = encode_prompts(model, [p.text for p in calibration(mtbench(), 4)[:4]])
+        ids += [model.tokenizer(p.text).input_ids for p in calibration(humaneval(), 8)[:4]]
+    else:
+        ids = encode_prompts(model, prompts)
+    params = SamplingParams(temperature)
+    return make_plan(profile(model, list(drafts), ids, batch_sizes, params=params), max_block)

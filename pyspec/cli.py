@@ -40,6 +40,14 @@ def _generate(args: argparse.Namespace) -> int:
     )
     drafts = _drafts(args, model)
     tree = [int(w) for w in args.tree.split(",")] if args.tree else None
+    plan = None
+    if args.plan:
+        from planner.plan import Plan
+
+        with open(args.plan) as f:
+            plan = Plan.from_json(f.read())
+        choice = plan.for_batch(1)
+        args.draft = [n for n, _ in choice.levels]
     out = generate(
         model,
         args.prompt,
@@ -47,6 +55,7 @@ def _generate(args: argparse.Namespace) -> int:
         drafts=drafts,
         block_sizes=args.block_size or None,
         tree=tree,
+        plan=plan,
         **kw,
     )[0]
     s = out.stats
@@ -60,7 +69,7 @@ def _generate(args: argparse.Namespace) -> int:
         f"tokens, finished by {out.finish_reason}]",
         file=sys.stderr,
     )
-    if args.compare and drafts is not None:
+    if args.compare and args.draft:
         plain = generate(model, args.prompt, **kw)[0]
         p = plain.stats
         same = "identical" if plain.tokens == out.tokens else "DIFFERENT"
@@ -72,6 +81,23 @@ def _generate(args: argparse.Namespace) -> int:
         )
         if plain.tokens != out.tokens and args.temperature == 0:
             return 1
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from pyspec.api import load_model, plan
+
+    model = load_model(args.model)
+    made = plan(model, args.drafts, batch_sizes=args.batch_sizes, temperature=args.temperature)
+    with open(args.out, "w") as f:
+        f.write(made.to_json())
+    for batch, choice in made.choices.items():
+        stack = " > ".join(f"{n}(block {t})" for n, t in choice.levels) or "no speculation"
+        print(
+            f"batch {batch}: {stack}: predicted {choice.seconds_per_token * 1e3:.1f} ms/token "
+            f"(plain decoding {choice.no_speculation_seconds * 1e3:.1f})"
+        )
+    print(f"plan written to {args.out}")
     return 0
 
 
@@ -105,7 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also decode without drafts: print the speed-up, check identity",
     )
+    gen.add_argument("--plan", default=None, help="a plan file from `pyspec plan` (instead of --draft)")
     gen.set_defaults(run=_generate)
+    pl = sub.add_parser("plan", help="profile this machine and write the fastest plan per batch size")
+    pl.add_argument("--model", default="smollm2-135m-instruct")
+    pl.add_argument("--drafts", nargs="+", default=["ngram"], help="candidates: 'ngram', 'early:N'")
+    pl.add_argument("--batch-sizes", nargs="+", type=int, default=[1])
+    pl.add_argument("--temperature", type=float, default=0.0)
+    pl.add_argument("--out", default="plan.json")
+    pl.set_defaults(run=_plan)
     return parser
 
 
