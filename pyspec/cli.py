@@ -60,7 +60,7 @@ def _generate(args: argparse.Namespace) -> int:
     )[0]
     s = out.stats
     mode = (
-        "autoregressive" if drafts is None else "speculative (" + " > ".join(args.draft + [args.model]) + ")"
+        "autoregressive" if not args.draft else "speculative (" + " > ".join(args.draft + [args.model]) + ")"
     )
     print(
         f"\n\n[{mode}: {s['new_tokens']} tokens in {s['seconds']:.2f} s, "

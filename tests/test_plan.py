@@ -52,3 +52,14 @@ def test_a_plan_from_other_hardware_warns_and_a_wrong_target_fails(model, measur
     wrong = dataclasses.replace(plan, target="qwen2.5-coder-1.5b-instruct")
     with pytest.raises(ValueError, match="plan is for target"):
         pyspec.generate(model, "Hi", max_new_tokens=4, plan=wrong)
+
+
+def test_cli_generates_with_a_plan_file(measured, tmp_path, capsys):
+    from pyspec.cli import main
+
+    path = tmp_path / "plan.json"
+    path.write_text(make_plan(measured, max_block=8).to_json())
+    args = ["generate", "--plan", str(path), "--compare", "--max-new-tokens", "16", "--prompt", "Say hello."]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "outputs identical" in err or "[autoregressive:" in err
