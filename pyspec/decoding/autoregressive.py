@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from pyspec.batch import StepBatch
-from pyspec.decoding.output import GenerationOutput, StreamCallback, TextTracker
+from pyspec.decoding.output import GenerationOutput, StreamCallback, TextTracker, add_token, collect_outputs
 from pyspec.models.llama import LlamaModel
 from pyspec.sampling import SamplingParams, sample
 
@@ -65,7 +65,7 @@ def generate_autoregressive(
     texts = [TextTracker(model.tokenizer, tuple(stop_strings), i, stream) for i in range(len(prompts))]
     eos = set(model.config.eos_token_ids)
     finish = [None if n > 0 else "length" for n in limits]
-    passes, start = 0, time.perf_counter()
+    passes, start = [0] * len(prompts), time.perf_counter()
 
     active = [i for i in range(len(prompts)) if finish[i] is None]
     inputs = {i: list(prompts[i]) for i in active}
@@ -74,15 +74,10 @@ def generate_autoregressive(
         with torch.inference_mode():
             logits = model(batch, cache).logits  # [len(active), vocab]
         batch.commit(cache)
-        passes += 1
         for row, i in enumerate(active):
             token = sample(logits[row], params[i], generators[i])
-            if texts[i].add(token):
-                finish[i] = "stop"
-            elif token in eos:
-                finish[i] = "eos"
-            elif len(texts[i].tokens) >= limits[i]:
-                finish[i] = "length"
+            passes[i] += 1
+            finish[i] = add_token(texts[i], token, eos, limits[i])
             inputs[i] = [token]
         for i in active:
             if finish[i] is not None:
@@ -90,17 +85,4 @@ def generate_autoregressive(
         active = [i for i in active if finish[i] is None]
 
     seconds = time.perf_counter() - start
-    outputs = []
-    for i, tracker in enumerate(texts):
-        tracker.finish()
-        n = len(tracker.tokens)
-        stats = {
-            "prompt_tokens": len(prompts[i]),
-            "new_tokens": n,
-            "target_passes": passes,
-            "seconds": seconds,
-            "tokens_per_second": n / seconds if seconds > 0 else 0.0,
-            "mat": 1.0,
-        }
-        outputs.append(GenerationOutput(tracker.tokens, tracker.text, finish[i], stats))
-    return outputs
+    return collect_outputs(texts, finish, [len(p) for p in prompts], passes, seconds)

@@ -58,3 +58,42 @@ class TextTracker:
         if self.stream is not None and upto > self.sent:
             self.stream(self.index, self.text[self.sent : upto])
             self.sent = upto
+
+
+def add_token(tracker: TextTracker, token: int, eos: set[int], limit: int) -> str | None:
+    """Appends ``token`` to a sequence; returns why the sequence ends with it (``"stop"``, ``"eos"``,
+    ``"length"``) or None."""
+    if tracker.add(token):
+        return "stop"
+    if token in eos:
+        return "eos"
+    if len(tracker.tokens) >= limit:
+        return "length"
+    return None
+
+
+def collect_outputs(
+    texts: list[TextTracker],
+    finish: list[str | None],
+    prompt_lengths: list[int],
+    passes: list[int],
+    seconds: float,
+    **extra,
+) -> list[GenerationOutput]:
+    """Streams what is left of every text and builds the outputs with their statistics: prompt and
+    new tokens, target passes this sequence took, MAT (new tokens per pass), wall time for the whole
+    batch, tokens per second, and ``extra`` entries."""
+    outputs = []
+    for i, tracker in enumerate(texts):
+        tracker.finish()
+        n = len(tracker.tokens)
+        stats = {
+            "prompt_tokens": prompt_lengths[i],
+            "new_tokens": n,
+            "target_passes": passes[i],
+            "seconds": seconds,
+            "tokens_per_second": n / seconds if seconds > 0 else 0.0,
+            "mat": n / passes[i] if passes[i] else 0.0,
+        } | extra
+        outputs.append(GenerationOutput(tracker.tokens, tracker.text, finish[i], stats))
+    return outputs

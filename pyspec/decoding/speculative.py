@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 
 from pyspec.decoding.autoregressive import GREEDY, check_prompts
-from pyspec.decoding.output import GenerationOutput, StreamCallback, TextTracker
+from pyspec.decoding.output import GenerationOutput, StreamCallback, TextTracker, add_token, collect_outputs
 from pyspec.decoding.verifier import Verifier
 from pyspec.drafters.base import Drafter
 from pyspec.models.llama import LlamaModel
@@ -77,12 +77,7 @@ def generate_speculative(
             for i, res in zip(active, results, strict=True):
                 passes[i] += 1
                 for token in res.tokens:
-                    if texts[i].add(token):
-                        finish[i] = "stop"
-                    elif token in eos:
-                        finish[i] = "eos"
-                    elif len(texts[i].tokens) >= limits[i]:
-                        finish[i] = "length"
+                    finish[i] = add_token(texts[i], token, eos, limits[i])
                     if finish[i] is not None:
                         break
             for i in active:
@@ -96,18 +91,4 @@ def generate_speculative(
 
     seconds = time.perf_counter() - start
     levels = [s.as_dict() for s in drafter.levels() + [verifier.stats]]
-    outputs = []
-    for i, tracker in enumerate(texts):
-        tracker.finish()
-        n = len(tracker.tokens)
-        stats = {
-            "prompt_tokens": len(prompts[i]),
-            "new_tokens": n,
-            "target_passes": passes[i],
-            "seconds": seconds,
-            "tokens_per_second": n / seconds if seconds > 0 else 0.0,
-            "mat": n / passes[i] if passes[i] else 0.0,
-            "levels": levels,
-        }
-        outputs.append(GenerationOutput(tracker.tokens, tracker.text, finish[i], stats))
-    return outputs
+    return collect_outputs(texts, finish, [len(p) for p in prompts], passes, seconds, levels=levels)
