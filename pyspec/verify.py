@@ -35,7 +35,6 @@ class Verdict:
     path: torch.Tensor  # [B, N] int64, accepted node indices root first, -1 past num_accepted
     num_accepted: torch.Tensor  # [B] int64
     next_token: torch.Tensor  # [B] int64: the recovered or bonus token
-    next_row: torch.Tensor  # [B] int64: target row the next token's position has (0 = after context)
 
     def accepted(self, b: int) -> list[int]:
         """Accepted node indices of sequence b, root first."""
@@ -104,7 +103,7 @@ def verify_greedy(target_argmax: torch.Tensor, tokens: torch.Tensor, parents: to
         count += moved.long()
         alive &= moved
         cur = nxt
-    return Verdict(path[:, :N], count, target_argmax[ar, cur], cur)
+    return Verdict(path[:, :N], count, target_argmax[ar, cur])
 
 
 def verify_sampled(
@@ -172,7 +171,7 @@ def verify_sampled(
         alive &= moved
         r = torch.where(moved[:, None], target_probs[ar, nxt], r)
         cur = nxt
-    return Verdict(path[:, :N], count, draw(r, uniforms[:, N]), cur)
+    return Verdict(path[:, :N], count, draw(r, uniforms[:, N]))
 
 
 def draw(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
