@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 EXT_SOURCES := $(shell find csrc -name '*.h' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.cu') setup.py pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: setup run test bench bench-ar bench-spec qwen lint cuda-build-check cmake-build clean
+.PHONY: setup run test bench bench-ar bench-spec bench-planner qwen lint cuda-build-check cmake-build clean
 
 setup: $(VENV)/.built
 
@@ -45,6 +45,9 @@ bench-ar: setup
 
 bench-spec: setup
 	$(PY) benchmarks/spec.py
+
+bench-planner: setup
+	$(PY) benchmarks/planner.py
 
 test: setup
 	$(PY) -m pytest -q -m "not slow" --doctest-modules pyspec planner tests $(PYTEST_ARGS)

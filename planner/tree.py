@@ -10,7 +10,8 @@ For every node budget n and depth limit D, ``f_D(n)`` is the largest expected nu
 nodes of a tree with at most n nodes and depth at most D: a knapsack over the children's ranks,
 ``G_r(n) = max(G_{r+1}(n), max_s a_r (1 + f(s - 1)) + G_{r+1}(n - s))``, where child r's subtree
 holds s nodes and hangs one level deeper. The time per token of a shape with n nodes and depth D is
-``(draft_seconds(D, n) + target_cost(n + 1)) / (1 + f_D(n))``.
+``(draft_seconds(shape) + target_cost(n + 1)) / (1 + f_D(n))``, priced on the shape the DP builds for
+(D, n) (a drafter's cost depends on the nodes per level, which the DP does not track).
 """
 
 from __future__ import annotations
@@ -111,10 +112,13 @@ def optimal_tree(
     target_cost: CostCurve,
     budget: int,
     max_depth: int = 8,
-    draft_seconds: Callable[[int, int], float] = lambda depth, nodes: 0.0,
+    draft_seconds: Callable[[Sequence[int]], float] = lambda level_sizes: 0.0,
 ) -> TreePlan:
     """The tree shape (at most ``budget`` nodes, depth at most ``max_depth``) minimising seconds per
-    token; ``draft_seconds(depth, nodes)`` is the cost of drafting it (e.g. one draft pass per level).
+    token. ``draft_seconds(level_sizes)`` is the cost of drafting a shape with ``level_sizes[d]``
+    nodes at depth d + 1 (pyspec's draft model: one pass per level, pass d feeding the nodes above
+    depth d). For each depth limit and node count the DP's most accepting shape is priced; the
+    cheapest per token wins.
 
     Example:
         >>> plan = optimal_tree([0.6, 0.2, 0.1], CostCurve.linear(0.05, 0.002), budget=8)
@@ -128,13 +132,23 @@ def optimal_tree(
     for depth in range(1, max_depth + 1):
         f, choice = best_forests(acceptance, budget, depth)
         for n in range(1, budget + 1):
-            seconds = (draft_seconds(depth, n) + target_cost(n + 1)) / (1 + f[depth, n])
+            nodes: list[tuple[int, int, int]] = []
+            _build(choice, W, depth, int(np.argmax(f[depth, : n + 1] >= f[depth, n] - 1e-12)), -1, nodes)
+            parents, ranks = _breadth_first(nodes)
+            if not parents:
+                continue
+            level_sizes = np.bincount(_depths(parents))[1:].tolist()
+            seconds = (draft_seconds(level_sizes) + target_cost(len(parents) + 1)) / (1 + f[depth, n])
             if seconds < best.seconds_per_token - 1e-15:
-                nodes: list[tuple[int, int, int]] = []
-                _build(choice, W, depth, int(np.argmax(f[depth, : n + 1] >= f[depth, n] - 1e-12)), -1, nodes)
-                parents, ranks = _breadth_first(nodes)
                 best = TreePlan(parents, ranks, float(f[depth, n]), float(seconds))
     return best
+
+
+def _depths(parents: Sequence[int]) -> list[int]:
+    depth: list[int] = []
+    for p in parents:
+        depth.append(1 if p < 0 else depth[p] + 1)
+    return depth
 
 
 def expected_accepted(parents: Sequence[int], ranks: Sequence[int], acceptance) -> float:
@@ -144,9 +158,7 @@ def expected_accepted(parents: Sequence[int], ranks: Sequence[int], acceptance) 
         >>> expected_accepted([-1, 0], [0, 0], [0.5])  # a chain of two: 0.5 + 0.25
         0.75
     """
-    depth, reach = [], []
-    for p in parents:
-        depth.append(1 if p < 0 else depth[p] + 1)
+    depth, reach = _depths(parents), []
     a = _acceptance_rows(acceptance, max(depth, default=0))
     for i, p in enumerate(parents):
         reach.append((1.0 if p < 0 else reach[p]) * a[depth[i] - 1][ranks[i]])

@@ -5,7 +5,7 @@ live in :mod:`pyspec.ops`; their plain-PyTorch specification is :mod:`pyspec.ref
 """
 
 from pyspec import ops, reference
-from pyspec.api import generate, load_model, plan
+from pyspec.api import generate, load_model, plan, profile_model
 from pyspec.kv_cache import OutOfPagesError, PagedKVCache
 from pyspec.sampling import SamplingParams
 from pyspec.tree import ancestor_mask, pack_tree_masks
@@ -16,6 +16,7 @@ __all__ = [
     "load_model",
     "generate",
     "plan",
+    "profile_model",
     "SamplingParams",
     "PagedKVCache",
     "OutOfPagesError",

@@ -107,9 +107,9 @@ def generate(
         SamplingParams(temperature, top_k, top_p, None if seed is None else seed + i) for i in range(len(ids))
     ]
     if plan is not None:
-        if drafts is not None:
-            raise ValueError("give either drafts or a plan, not both")
-        drafts, block_sizes = _from_plan(model, plan, len(ids))
+        if drafts is not None or tree is not None:
+            raise ValueError("give either drafts (and a tree) or a plan, not both")
+        drafts, block_sizes, tree = _from_plan(model, plan, len(ids))
     if drafts is None:
         return generate_autoregressive(model, ids, max_new_tokens, params, tuple(stop), stream)
     if isinstance(drafts, Drafter):
@@ -119,8 +119,8 @@ def generate(
     return generate_speculative(model, ids, drafter, max_new_tokens, params, tuple(stop), stream)
 
 
-def _from_plan(model: LlamaModel, plan: Plan, batch_size: int) -> tuple[list | None, list[int] | None]:
-    """The drafts and block sizes ``plan`` chose for this batch size (None: plain decoding)."""
+def _from_plan(model: LlamaModel, plan: Plan, batch_size: int) -> tuple:
+    """The drafts, block sizes and tree ``plan`` chose for this batch size (None: plain decoding)."""
     from pyspec.profile import hardware, resolve_candidate
 
     differs = plan.hardware_mismatch(hardware())
@@ -134,8 +134,39 @@ def _from_plan(model: LlamaModel, plan: Plan, batch_size: int) -> tuple[list | N
         raise ValueError(f"the plan is for target {plan.target!r}, not {getattr(model, 'name', None)!r}")
     choice = plan.for_batch(batch_size)
     if not choice.levels:
-        return None, None
-    return [resolve_candidate(model, n) for n, _ in choice.levels], [t for _, t in choice.levels]
+        return None, None, None
+    tree = None if choice.tree is None else TreeShape(*choice.tree)
+    return [resolve_candidate(model, n) for n, _ in choice.levels], [t for _, t in choice.levels], tree
+
+
+def profile_model(
+    model: LlamaModel,
+    drafts: Sequence[str] = ("ngram",),
+    prompts: Sequence[str] | None = None,
+    batch_sizes: Sequence[int] = (1,),
+    temperature: float = 0.0,
+    calibration_prompts: int = 4,
+) -> dict:
+    """Measures what a plan needs on this machine (see :mod:`pyspec.profile`): forward-pass time of
+    ``model`` and each candidate draft (``"ngram"``, ``"early:N"``) per batch size and new-token
+    count, and acceptance between every pair on calibration ``prompts`` (default:
+    ``calibration_prompts`` MT-bench and as many HumanEval prompts, from those the benchmarks hold
+    out of their sets; 128 new tokens each). A JSON-serialisable dict.
+
+    Example:
+        >>> prof = pyspec.profile_model(model, ["ngram", "early:20"])  # doctest: +SKIP
+        >>> json.dump(prof, open("profile.json", "w"))  # doctest: +SKIP
+    """
+    from pyspec.data import calibration, humaneval, mtbench
+    from pyspec.profile import profile
+
+    if prompts is None:
+        n = calibration_prompts
+        ids = encode_prompts(model, [p.text for p in calibration(mtbench(), 4)[:n]])
+        ids += [model.tokenizer(p.text).input_ids for p in calibration(humaneval(), 8)[:n]]
+    else:
+        ids = encode_prompts(model, prompts)
+    return profile(model, list(drafts), ids, batch_sizes, params=SamplingParams(temperature))
 
 
 def plan(
@@ -145,24 +176,16 @@ def plan(
     batch_sizes: Sequence[int] = (1,),
     temperature: float = 0.0,
     max_block: int = 16,
+    tree_budget: int = 32,
 ) -> Plan:
-    """Profiles ``model`` and candidate ``drafts`` (``"ngram"``, ``"early:N"``) on this machine and
-    returns the fastest :class:`~planner.plan.Plan` per batch size (including plain decoding).
-
-    ``prompts``: calibration prompts (default: 4 MT-bench and 4 HumanEval prompts that the benchmarks
-    hold out of their sets). Takes about a minute for SmolLM2 on 2 cores.
+    """Profiles ``model`` and candidate ``drafts`` on this machine (:func:`profile_model`) and returns
+    the fastest :class:`~planner.plan.Plan` per batch size: plain decoding, a chain hierarchy with
+    block sizes up to ``max_block``, or a draft model's tree of up to ``tree_budget`` nodes. Takes
+    about two minutes for SmolLM2 on 2 cores.
 
     Example:
         >>> p = pyspec.plan(model, drafts=["ngram", "early:20"])  # doctest: +SKIP
         >>> pyspec.generate(model, "Hi", plan=p)  # doctest: +SKIP
     """
-    from pyspec.data import calibration, humaneval, mtbench
-    from pyspec.profile import profile
-
-    if prompts is None:
-        ids = encode_prompts(model, [p.text for p in calibration(mtbench(), 4)[:4]])
-        ids += [model.tokenizer(p.text).input_ids for p in calibration(humaneval(), 8)[:4]]
-    else:
-        ids = encode_prompts(model, prompts)
-    params = SamplingParams(temperature)
-    return make_plan(profile(model, list(drafts), ids, batch_sizes, params=params), max_block)
+    measured = profile_model(model, drafts, prompts, batch_sizes, temperature)
+    return make_plan(measured, max_block, tree_budget)

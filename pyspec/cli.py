@@ -1,8 +1,9 @@
-"""The ``pyspec`` command line: ``pyspec generate --model NAME --prompt TEXT``."""
+"""The ``pyspec`` command line: ``pyspec generate``, ``pyspec profile``, ``pyspec plan``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 import torch
@@ -46,8 +47,7 @@ def _generate(args: argparse.Namespace) -> int:
 
         with open(args.plan) as f:
             plan = Plan.from_json(f.read())
-        choice = plan.for_batch(1)
-        args.draft = [n for n, _ in choice.levels]
+        args.draft = [plan.for_batch(1).label] if plan.for_batch(1).levels else []
     out = generate(
         model,
         args.prompt,
@@ -84,17 +84,48 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plan(args: argparse.Namespace) -> int:
-    from pyspec.api import load_model, plan
+def _profile(args: argparse.Namespace) -> int:
+    from pyspec.api import load_model, profile_model
 
     model = load_model(args.model)
-    made = plan(model, args.drafts, batch_sizes=args.batch_sizes, temperature=args.temperature)
+    measured = profile_model(model, args.drafts, batch_sizes=args.batch_sizes, temperature=args.temperature)
+    with open(args.out, "w") as f:
+        json.dump(measured, f, indent=1)
+    names = list(measured["candidates"]) + [measured["target"]]
+    for j, name in enumerate(measured["candidates"]):
+        rates = ", ".join(f"{names[i]} {measured['alpha'][j][i]:.2f}" for i in range(j + 1, len(names)))
+        print(f"{name}: accepted by {rates}")
+    for batch, curves in measured["latency"].items():
+        target = curves[measured["target"]]
+        print(
+            f"batch {batch}: target "
+            + ", ".join(
+                f"{n} tokens {t * 1e3:.1f} ms"
+                for n, t in zip(target["sizes"], target["seconds"], strict=True)
+            )
+        )
+    print(f"profile written to {args.out}")
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from planner.plan import make_plan
+    from pyspec.api import load_model, profile_model
+
+    if args.profile:
+        with open(args.profile) as f:
+            measured = json.load(f)
+    else:
+        model = load_model(args.model)
+        measured = profile_model(
+            model, args.drafts, batch_sizes=args.batch_sizes, temperature=args.temperature
+        )
+    made = make_plan(measured, args.max_block, args.tree_budget)
     with open(args.out, "w") as f:
         f.write(made.to_json())
     for batch, choice in made.choices.items():
-        stack = " > ".join(f"{n}(block {t})" for n, t in choice.levels) or "no speculation"
         print(
-            f"batch {batch}: {stack}: predicted {choice.seconds_per_token * 1e3:.1f} ms/token "
+            f"batch {batch}: {choice.label}: predicted {choice.seconds_per_token * 1e3:.1f} ms/token "
             f"(plain decoding {choice.no_speculation_seconds * 1e3:.1f})"
         )
     print(f"plan written to {args.out}")
@@ -133,11 +164,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--plan", default=None, help="a plan file from `pyspec plan` (instead of --draft)")
     gen.set_defaults(run=_generate)
-    pl = sub.add_parser("plan", help="profile this machine and write the fastest plan per batch size")
-    pl.add_argument("--model", default="smollm2-135m-instruct")
-    pl.add_argument("--drafts", nargs="+", default=["ngram"], help="candidates: 'ngram', 'early:N'")
-    pl.add_argument("--batch-sizes", nargs="+", type=int, default=[1])
-    pl.add_argument("--temperature", type=float, default=0.0)
+
+    def measuring(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", default="smollm2-135m-instruct")
+        p.add_argument("--drafts", nargs="+", default=["ngram"], help="candidates: 'ngram', 'early:N'")
+        p.add_argument("--batch-sizes", nargs="+", type=int, default=[1])
+        p.add_argument("--temperature", type=float, default=0.0)
+
+    pr = sub.add_parser("profile", help="measure latencies and acceptance on this machine, write JSON")
+    measuring(pr)
+    pr.add_argument("--out", default="profile.json")
+    pr.set_defaults(run=_profile)
+    pl = sub.add_parser(
+        "plan", help="write the fastest plan per batch size (profiling first, or from --profile)"
+    )
+    measuring(pl)
+    pl.add_argument("--profile", default=None, help="a profile from `pyspec profile` (skips measuring)")
+    pl.add_argument("--max-block", type=int, default=16, help="largest block size per level")
+    pl.add_argument("--tree-budget", type=int, default=32, help="most nodes in a draft tree")
     pl.add_argument("--out", default="plan.json")
     pl.set_defaults(run=_plan)
     return parser

@@ -1,5 +1,7 @@
-"""Profiling for the planner: forward-pass time against new tokens and batch size, and the
-acceptance rate between every pair of candidate drafts and the target, on calibration prompts.
+"""Profiling for the planner: forward-pass time against new tokens and batch size, the decoding
+loops' overhead per step, and acceptance between every pair of candidate drafts and the target on
+calibration prompts (gain tables per block size, n-gram proposal lengths, positional acceptance for
+trees).
 
 The result is the profile dict :func:`planner.plan.make_plan` reads (JSON-serialisable), with a
 hardware fingerprint so that a plan made elsewhere is noticed.
@@ -13,16 +15,21 @@ import statistics
 import time
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
+from planner.hierarchy import gain_table
+from planner.latency import CostCurve
 from pyspec.batch import StepBatch
 from pyspec.decoding.autoregressive import GREEDY, generate_autoregressive
+from pyspec.decoding.speculative import generate_speculative
+from pyspec.drafters.base import Draft, Drafter
 from pyspec.drafters.ngram import lookup
 from pyspec.models.llama import LlamaModel
 from pyspec.sampling import SamplingParams, probabilities
 
-DEFAULT_SIZES = (1, 2, 3, 4, 5, 6, 8, 12, 16)
+DEFAULT_SIZES = (1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32)
 
 
 def hardware() -> dict:
@@ -84,16 +91,119 @@ def forward_seconds(
     return {"sizes": list(sizes), "seconds": seconds}
 
 
-def _distributions(
-    model: LlamaModel, sequence: list[int], start: int, params: SamplingParams
-) -> torch.Tensor:
-    """[len(sequence) - start, vocab]: the model's distribution of token t given tokens < t."""
+RUN_HORIZON = 32  # longest run of accepted tokens measured
+TREE_DEPTH, TREE_RANKS = 8, 8  # positional acceptance for trees: depths x candidate ranks
+TREE_SUPPORT = 20.0  # expected blocks reaching a depth below which its estimate is not trusted
+
+
+class _Rejected(Drafter):
+    """Proposes ``n`` copies of a token the target never continues with (so every step verifies
+    exactly n drafts and emits one token): a fixed-size speculative step, for timing the loop."""
+
+    def __init__(self, n: int, token: int) -> None:
+        super().__init__(f"fixed({n})")
+        self.n, self.token, self.max_draft = n, token, n
+
+    def propose(self, keys, contexts, params, generators, budgets) -> list[Draft]:
+        return [Draft.chain([self.token] * min(self.n, b)) for b in budgets]
+
+
+def step_overhead(
+    model: LlamaModel, batch_size: int, forward: dict, context: int = 256, steps: int = 12
+) -> dict:
+    """Seconds per decoding step beyond the forward pass (sampling, verification, KV compaction,
+    bookkeeping), for plain and speculative decoding at ``batch_size``: the loops' decoding time
+    after the first step, less the profiled forward time ``forward`` (``{"sizes", "seconds"}``, after
+    ``context`` tokens as here); never below 0 (noise can make the loop look cheaper).
+    The speculative step verifies 3 drafts that are always rejected."""
+    curve = CostCurve.from_dict(forward)
+    gen = torch.Generator().manual_seed(1)
+    prompts = torch.randint(0, model.config.vocab_size, (batch_size, context), generator=gen).tolist()
+    runs = {
+        "autoregressive": (lambda: generate_autoregressive(model, prompts, steps + 1), curve(1)),
+        "speculative": (
+            lambda: generate_speculative(
+                model, prompts, _Rejected(3, model.config.vocab_size - 1), steps + 1
+            ),
+            curve(4),
+        ),
+    }
+    out = {}
+    for name, (run, forward_seconds) in runs.items():
+        run()  # warm-up
+        result = run()[0].stats
+        after = result["seconds"] - result["ttft_seconds"]
+        per_step = after / max(result["target_passes"] - 1, 1)
+        out[name] = max(per_step - forward_seconds, 0.0)
+    return out
+
+
+def _logits(model: LlamaModel, sequence: list[int], start: int) -> torch.Tensor:
+    """[len(sequence) - start, vocab]: the model's logits for token t given tokens < t."""
     cache = model.new_cache(num_pages=-(-len(sequence) // 16) + 1, page_size=16)
     seq = cache.add_sequence()
     batch = StepBatch.build(cache, [seq], [sequence])
     with torch.inference_mode():
-        logits = model(batch, cache, logits_rows=torch.arange(start - 1, len(sequence) - 1)).logits
-    return probabilities(logits, params)
+        return model(batch, cache, logits_rows=torch.arange(start - 1, len(sequence) - 1)).logits.float()
+
+
+class _Replay:
+    """Replays speculative steps along a text, for every block size T at once: a block starting at
+    position t gains K tokens with ``P(K >= k + 1) = prod_{d < k} m[t, d]`` (``m[t, d]``: the chance
+    that the d-th drafted token is accepted given the ones before were), and the next block starts
+    at t + K. Gains are averaged over the positions where blocks actually start (a probability-
+    weighted forward pass over positions), not over all positions: along a long stretch the drafter
+    gets right, a step covers T + 1 positions at once, and averaging over every position would count
+    that stretch T + 1 times over. Greedy, this is the decoding loop's own sequence of steps."""
+
+    def __init__(self, horizon: int = RUN_HORIZON) -> None:
+        self.horizon = horizon
+        self.gains = np.zeros((horizon + 1, horizon + 2))  # [T, k]: visit-weighted P(K = k)
+        self.lengths = np.zeros((horizon + 1, horizon + 1))  # [T, l]: visit-weighted proposal lengths
+        self.weight = np.zeros(horizon + 1)
+        self.first = []  # m[t, 0] at every position: the plain acceptance rate
+
+    def add(self, m: np.ndarray, proposed: np.ndarray | None = None) -> None:
+        """``m``: [positions, horizon], 0 past the end of the text or of a proposal; ``proposed``:
+        [positions], a lookup's proposal length at each position."""
+        n = len(m)
+        self.first += m[1:, 0].tolist()
+        for T in range(1, self.horizon + 1):
+            reach = np.concatenate([np.ones((n, 1)), np.cumprod(m[:, :T], axis=1)], axis=1)  # P(K > k)
+            dist = np.zeros((n, T + 2))
+            dist[:, 1 : T + 1] = reach[:, :T] - reach[:, 1 : T + 1]
+            dist[:, T + 1] = reach[:, T]
+            visit = np.zeros(n + T + 2)
+            visit[1] = 1.0  # position 0 is the prefill's token; the first block starts after it
+            for t in range(1, n - T):  # blocks that end inside the text
+                v = visit[t]
+                if v == 0:
+                    continue
+                visit[t : t + T + 2] += v * dist[t]
+                self.gains[T] += v * np.pad(dist[t], (0, self.horizon - T))
+                self.weight[T] += v
+                if proposed is not None:
+                    self.lengths[T, min(int(proposed[t]), T)] += v
+
+    def tables(self, rate: float) -> tuple[list, list]:
+        """Gain rows ``[T][k]`` (k = 0..T+1) and proposal-length rows ``[T][l]`` (l = 0..T); block
+        sizes never replayed (texts too short) fall back to i.i.d. acceptance at ``rate``."""
+        iid = gain_table(rate, self.horizon)
+        gains, lengths = [[0.0, 1.0]], [[1.0]]
+        for T in range(1, self.horizon + 1):
+            w = self.weight[T]
+            gains.append((self.gains[T, : T + 2] / w if w > 0 else iid[T, : T + 2]).tolist())
+            lengths.append((self.lengths[T, : T + 1] / w if w > 0 else np.eye(T + 1)[T]).tolist())
+        return gains, lengths
+
+
+def _shifted(values: np.ndarray, horizon: int) -> np.ndarray:
+    """[n, horizon]: row t holds values[t], values[t + 1], ... (0 past the end)."""
+    n = len(values)
+    out = np.zeros((n, horizon))
+    for d in range(horizon):
+        out[: max(n - d, 0), d] = values[d:]
+    return out
 
 
 def acceptance(
@@ -101,37 +211,86 @@ def acceptance(
     candidates: Sequence[str],
     prompts: Sequence[Sequence[int]],
     params: SamplingParams = GREEDY,
-    new_tokens: int = 64,
-) -> list[list[float]]:
-    """``alpha[j][i] = E[sum_x min(p_j(x), p_i(x))]`` over the positions of the target's own
-    continuations of ``prompts`` (teacher forcing), for candidates then the target. The n-gram
-    drafter's row is the probability that its proposal at each position is accepted (0 without one)."""
+    new_tokens: int = 128,
+) -> dict:
+    """Acceptance between every pair of models (candidates, then the target) on the target's own
+    continuations of ``prompts`` (teacher forcing), as three tables:
+
+    - ``"gains"[j][i][T][k]``: the probability that level i, verifying a block of T tokens drafted
+      by level j, gains k tokens (accepted + its own), T = 0..32, from a replay of the steps along
+      each text (see :class:`_Replay`), with per-position acceptance ``sum_x min(p_j(x), p_i(x))``
+      (greedy: the argmaxes agree) or, for the n-gram drafter, ``p_i`` of each token it proposes (0
+      where it proposes nothing). ``"alpha"[j][i]``: the plain per-position rate (for display).
+      Pairs below the target are measured on the target's text too (an approximation).
+    - ``"lookup_lengths"[T][l]``: the probability that the n-gram drafter, asked for T tokens,
+      proposes l, at the positions where blocks start.
+    - ``"tree"[name][d][r]``: for each draft model, the probability that its rank-r candidate at depth
+      d + 1 of a tree is the target's token, given the path above was accepted along top candidates
+      (greedy: ranks by logits; sampling: acceptance probability of deterministic candidates, p(x)),
+      averaged over all start positions.
+    """
     models = [resolve_candidate(target, c) for c in candidates] + [target]
     sequences = [
         list(p) + o.tokens
-        for p, o in zip(prompts, generate_autoregressive(target, prompts, new_tokens), strict=True)
+        for p, o in zip(
+            prompts,
+            generate_autoregressive(target, prompts, new_tokens, [params] * len(prompts)),
+            strict=True,
+        )
     ]
     m = len(models)
-    total, count = torch.zeros(m, m, dtype=torch.float64), 0
+    replays = {(j, i): _Replay() for j in range(m) for i in range(j + 1, m)}
+    tree = {c: (np.zeros((TREE_DEPTH, TREE_RANKS)), np.zeros(TREE_DEPTH)) for c in candidates if c != "ngram"}
     for prompt, sequence in tqdm(list(zip(prompts, sequences, strict=True)), desc="acceptance", leave=False):
-        start = len(prompt)
-        if len(sequence) == start:
+        start, n = len(prompt), len(sequence) - len(prompt)
+        if n < 2:
             continue
-        dists = [None if isinstance(x, str) else _distributions(x, sequence, start, params) for x in models]
-        for j in range(m):
-            for i in range(j + 1, m):
-                if dists[j] is None:  # n-gram: its first proposed token, accepted with p_i(x)
-                    rows = [lookup(sequence[:t], 1) for t in range(start, len(sequence))]
-                    hit = [(r, x[0]) for r, x in enumerate(rows) if x]
-                    mass = sum(float(dists[i][r, tok]) for r, tok in hit) if dists[i] is not None else 0.0
-                else:
-                    mass = float(torch.minimum(dists[j], dists[i]).sum())
-                total[j, i] += mass
-        count += len(sequence) - start
-    alpha = (total / max(count, 1)).tolist()
-    for k in range(m):
-        alpha[k][k] = 1.0
-    return alpha
+        logits = [None if isinstance(x, str) else _logits(x, sequence, start) for x in models]
+        dists = [None if lg is None else probabilities(lg, params) for lg in logits]
+        proposals = (
+            [lookup(sequence[: start + t], RUN_HORIZON) for t in range(n)] if "ngram" in candidates else []
+        )
+        for (j, i), replay in replays.items():
+            if dists[j] is None:  # n-gram: p_i of each proposed token, at its own position
+                if dists[i] is None:
+                    continue
+                mass = np.zeros((n, RUN_HORIZON))
+                for t, prop in enumerate(proposals):
+                    d = np.arange(min(len(prop), n - t))
+                    mass[t, d] = dists[i][t + d, prop[: len(d)]].numpy()
+                replay.add(mass, np.array([len(x) for x in proposals]))
+            else:
+                replay.add(_shifted(torch.minimum(dists[j], dists[i]).sum(-1).double().numpy(), RUN_HORIZON))
+        for c, (num, den) in tree.items():
+            j = list(candidates).index(c)
+            score = logits[j] if params.greedy else dists[j]
+            ranked = score.topk(TREE_RANKS, dim=-1).indices  # [n, ranks]
+            accept = dists[-1].gather(1, ranked).double().numpy()  # p_target of each candidate
+            for d in range(min(TREE_DEPTH, n)):
+                starts = n - d  # blocks starting at t = 0..n-d-1 reach position t + d
+                weight = np.ones(starts)  # P(the top candidates at t..t+d-1 were accepted)
+                for e in range(d):
+                    weight *= accept[e : e + starts, 0]
+                num[d] += (weight[:, None] * accept[d : d + starts]).sum(0)
+                den[d] += weight.sum()
+    alpha = np.eye(m).tolist()
+    gains = [[[[0.0, 1.0]] for _ in range(m)] for _ in range(m)]
+    lookup_lengths = None
+    for (j, i), replay in replays.items():
+        alpha[j][i] = float(np.mean(replay.first)) if replay.first else 0.0
+        gains[j][i], lengths = replay.tables(alpha[j][i])
+        if candidates[j : j + 1] == ["ngram"] and i == m - 1:
+            lookup_lengths = lengths
+    for j in range(m):  # unused pairs (a level never verifies itself or one above): a well-formed table
+        for i in range(j + 1):
+            gains[j][i] = gain_table(0.0, RUN_HORIZON).tolist()
+    trees = {}
+    for c, (num, den) in tree.items():
+        rows = [list(num[0] / max(den[0], 1e-12))]
+        for d in range(1, TREE_DEPTH):  # a depth seen in fewer than TREE_SUPPORT blocks: the one above
+            rows.append(list(num[d] / den[d]) if den[d] >= TREE_SUPPORT else rows[-1])
+        trees[c] = rows
+    return {"alpha": alpha, "gains": gains, "lookup_lengths": lookup_lengths, "tree": trees}
 
 
 def profile(
@@ -154,17 +313,18 @@ def profile(
             start = time.perf_counter()
             for _ in range(20):
                 lookup(list(range(context)) * 2, 4)
-            latency.setdefault(str(b), {})[c] = {
-                "sizes": [1],
-                "seconds": [(time.perf_counter() - start) / 20],
-            }
+            per_sequence = (time.perf_counter() - start) / 20
+            latency.setdefault(str(b), {})[c] = {"sizes": [1], "seconds": [b * per_sequence]}
         else:
             latency.setdefault(str(b), {})[c] = forward_seconds(model, sizes, b, context, repeats)
+    overhead = {str(b): step_overhead(target, b, latency[str(b)][name], context) for b in batch_sizes}
     return {
         "hardware": hardware(),
         "dtype": str(target.embed_tokens.dtype).removeprefix("torch."),
         "target": name,
         "candidates": list(candidates),
         "latency": latency,
-        "alpha": acceptance(target, candidates, prompts, params),
+        "overhead": overhead,
+        "sampling": {"temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p},
+        **acceptance(target, candidates, prompts, params),
     }

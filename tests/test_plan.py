@@ -1,14 +1,19 @@
 """Profiling on real SmolLM2, plans as JSON, and decoding with a plan (lossless, hardware checked)."""
 
 import dataclasses
+import json
 import warnings
 
+import numpy as np
 import pytest
 
 import pyspec
-from planner.plan import Plan, make_plan
+from planner.plan import Choice, Plan, make_plan, predict
 from pyspec.data import calibration, humaneval
-from pyspec.profile import hardware, profile
+from pyspec.decoding.hierarchy import build_stack
+from pyspec.decoding.speculative import generate_speculative
+from pyspec.drafters.model import TreeShape
+from pyspec.profile import _Replay, acceptance, hardware, profile
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +28,13 @@ def measured(model):
 
 
 def test_profile_measures_every_model_and_pair(measured):
-    assert set(measured["latency"]) == {"1", "4"}
+    assert set(measured["latency"]) == {"1", "4"} == set(measured["overhead"])
+    assert all(0 <= o < 0.05 for per in measured["overhead"].values() for o in per.values())
+    gains = measured["gains"][0][2]  # n-gram verified by the target, per block size
+    assert len(gains) == 33 and all(sum(row[1:]) == pytest.approx(1) for row in gains[1:])
+    assert len(measured["lookup_lengths"][4]) == 5 and sum(measured["lookup_lengths"][4]) == pytest.approx(1)
+    tree = np.array(measured["tree"]["early:8"])
+    assert tree.shape == (8, 8) and (tree.sum(1) <= 1 + 1e-9).all() and tree[0, 0] > 0
     for curves in measured["latency"].values():
         assert set(curves) == {"ngram", "early:8", "smollm2-135m-instruct"}
     alpha = measured["alpha"]
@@ -63,3 +74,78 @@ def test_cli_generates_with_a_plan_file(measured, tmp_path, capsys):
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "outputs identical" in err or "[autoregressive:" in err
+
+
+def test_replay_counts_blocks_where_they_start():
+    """A 20-token text whose positions up to 8 the drafter gets right. Blocks of 4: steps start at
+    1 (gaining 5), 6 (three right, then the target's token: 4), then 10..15 (1 each); averaging over
+    every position instead would count the right stretch once per position."""
+    m = np.zeros((20, 8))
+    for t in range(20):
+        m[t, : max(0, 9 - t)] = 1.0  # from t, the tokens up to position 8 are accepted
+    replay = _Replay(horizon=8)
+    replay.add(m)
+    gains, _ = replay.tables(0.0)
+    assert gains[4] == pytest.approx([0, 6 / 8, 0, 0, 1 / 8, 1 / 8])
+    assert gains[1] == pytest.approx([0, 10 / 14, 4 / 14])  # from 1, 3, 5, 7: 2 each; from 9..18: 1
+
+
+def test_replayed_gains_match_the_decoding_loop(model):
+    """Greedy, the replay is the loop's own sequence of steps: its mean gain per target pass equals
+    the one n-gram speculative decoding reaches on the same prompt (up to the last steps)."""
+    prompt = model.tokenizer(calibration(humaneval(), 8)[0].text).input_ids
+    table = acceptance(model, ["ngram"], [prompt], new_tokens=96)
+    replayed = np.dot(np.arange(6), table["gains"][0][1][4])
+    out = generate_speculative(model, [prompt], build_stack(model, ["ngram"], [4]), 96)[0]
+    actual = (len(out.tokens) - 1) / (out.stats["target_passes"] - 1)  # after the prefill's token
+    assert replayed == pytest.approx(actual, abs=0.15)
+
+
+def test_plans_choose_trees_when_they_pay_and_decode_losslessly(model, measured):
+    """With a draft whose second and third choices are often right, and a target that verifies many
+    tokens for the price of one, the plan is a tree; decoding with it gives the target's tokens."""
+    rich = json.loads(json.dumps(measured))
+    rich["tree"]["early:8"] = [[0.5, 0.2, 0.1] + [0.0] * 5] * 8
+    flat = {"sizes": [1, 64], "seconds": [0.05, 0.05]}
+    for curves in rich["latency"].values():
+        curves["early:8"] = {"sizes": [1, 64], "seconds": [0.001, 0.001]}
+        curves[rich["target"]] = flat
+    choice = make_plan(rich, max_block=8).for_batch(1)
+    assert choice.tree is not None and len(set(choice.tree[1])) > 1  # more than one rank: a real tree
+    assert choice.seconds_per_token == pytest.approx(predict(rich, 1, choice.levels, choice.tree))
+    plan = Plan(rich["target"], hardware(), "float32", {"1": choice})
+    assert Plan.from_json(plan.to_json()) == plan
+    text = "List three facts about the moon."
+    out = pyspec.generate(model, text, max_new_tokens=24, plan=plan)[0]
+    assert out.tokens == pyspec.generate(model, text, max_new_tokens=24)[0].tokens
+    with pytest.raises(ValueError, match="either drafts"):
+        pyspec.generate(model, text, max_new_tokens=4, plan=plan, tree=[2, 1])
+
+
+def test_predictions_cover_every_configuration(measured):
+    plain = predict(measured, 1, [])
+    assert plain == pytest.approx(
+        measured["latency"]["1"]["smollm2-135m-instruct"]["seconds"][0]
+        + measured["overhead"]["1"]["autoregressive"]
+    )
+    shape = TreeShape.branching([2, 1])
+    for levels, tree in [
+        ([("ngram", 4)], None),
+        ([("ngram", 3), ("early:8", 2)], None),
+        ([("early:8", 6)], (shape.parents, shape.ranks)),
+    ]:
+        assert 0 < predict(measured, 1, levels, tree) < 10 * plain
+    assert make_plan(measured).for_batch(1).seconds_per_token <= plain + 1e-12
+    assert Choice((), 0.1, 0.1).label == "autoregressive"
+
+
+def test_cli_profile_then_plan_from_the_file(measured, tmp_path, capsys, monkeypatch):
+    from pyspec import cli
+
+    monkeypatch.setattr("pyspec.api.profile_model", lambda *a, **k: measured)
+    profile_path, plan_path = tmp_path / "profile.json", tmp_path / "plan.json"
+    assert cli.main(["profile", "--drafts", "ngram", "early:8", "--out", str(profile_path)]) == 0
+    assert "ngram: accepted by" in capsys.readouterr().out
+    assert cli.main(["plan", "--profile", str(profile_path), "--out", str(plan_path)]) == 0
+    assert "batch 1:" in capsys.readouterr().out
+    assert Plan.from_json(plan_path.read_text()) == make_plan(measured)

@@ -1,5 +1,6 @@
 """The planner's cost model and optimisers (pure Python, random instances; no model needed)."""
 
+import dataclasses
 import time
 
 import numpy as np
@@ -7,7 +8,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from planner.hierarchy import Candidate, brute_force, optimal_hierarchy, seconds_per_token, simulate
+from planner.hierarchy import (
+    Candidate,
+    brute_force,
+    expected_gain,
+    gain_table,
+    optimal_hierarchy,
+    seconds_per_token,
+    simulate,
+)
 from planner.latency import CostCurve
 from planner.tree import expected_accepted, optimal_tree
 
@@ -61,6 +70,51 @@ def test_expected_latency_agrees_with_monte_carlo():
         formula = seconds_per_token(candidates, alpha, m - 1, levels)
         simulated = simulate(candidates, alpha, m - 1, levels, tokens=30_000, seed=trial)
         assert simulated == pytest.approx(formula, rel=0.02), (trial, levels)
+
+
+def correlated_instance(rng: np.random.Generator, m: int, max_block: int = 8):
+    """As :func:`random_instance`, with measured-style gain tables (acceptance that rises along a
+    run, as prompt lookup's does) and a lookup that often proposes fewer tokens than asked."""
+    candidates, alpha = random_instance(rng, m)
+    tables = np.zeros((m, m, max_block + 1, max_block + 2))
+    for j in range(m):
+        for i in range(j + 1, m):
+            rates = np.minimum(alpha[j, i] * np.linspace(1.0, rng.uniform(1.0, 1.6), max_block), 0.98)
+            tables[j, i] = gain_table(np.concatenate([[1.0], np.cumprod(rates)]), max_block)
+    if candidates[0].lookup:
+        lengths = []
+        for t in range(max_block + 1):
+            p = rng.dirichlet(np.ones(t + 1))
+            lengths.append(tuple(p.tolist()))
+        candidates[0] = dataclasses.replace(candidates[0], lengths=tuple(lengths))
+    return candidates, tables
+
+
+def test_gain_tables_and_short_lookups_agree_with_monte_carlo_and_brute_force():
+    rng = np.random.default_rng(3)
+    for trial in range(60):
+        m = int(rng.integers(2, 5))
+        candidates, runs = correlated_instance(rng, m)
+        dp = optimal_hierarchy(candidates, runs, m - 1, max_block=5)
+        bf = brute_force(candidates, runs, m - 1, max_block=5)
+        assert dp.levels == bf.levels and dp.seconds_per_token == pytest.approx(bf.seconds_per_token)
+        if trial < 8 and dp.levels:
+            simulated = simulate(candidates, runs, m - 1, dp.levels, tokens=30_000, seed=trial)
+            assert simulated == pytest.approx(dp.seconds_per_token, rel=0.02), (trial, dp.levels)
+
+
+def test_a_lookup_that_proposes_little_is_charged_little():
+    target = CostCurve.linear(0.05, 0.01)
+    always = Candidate("ngram", CostCurve.linear(1e-4, 0.0), lookup=True)
+    rarely = dataclasses.replace(
+        always, lengths=tuple((0.75,) + (0.0,) * (t - 1) + (0.25,) for t in range(1, 6))
+    )
+    rarely = dataclasses.replace(rarely, lengths=((1.0,),) + rarely.lengths)  # asked for 4: 0 or 4 tokens
+    alpha = np.array([[1.0, 0.5], [0.0, 1.0]])
+    full = seconds_per_token([always, Candidate("t", target)], alpha, 1, [(0, 4)])
+    short = seconds_per_token([rarely, Candidate("t", target)], alpha, 1, [(0, 4)])
+    assert full == pytest.approx((1e-4 + target(5)) / expected_gain(0.5, 4))
+    assert short < full
 
 
 def test_no_speculation_when_drafts_do_not_pay():

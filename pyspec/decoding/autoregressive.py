@@ -65,7 +65,7 @@ def generate_autoregressive(
     texts = [TextTracker(model.tokenizer, tuple(stop_strings), i, stream) for i in range(len(prompts))]
     eos = set(model.config.eos_token_ids)
     finish = [None if n > 0 else "length" for n in limits]
-    passes, start = [0] * len(prompts), time.perf_counter()
+    passes, start, first_step = [0] * len(prompts), time.perf_counter(), None
 
     active = [i for i in range(len(prompts)) if finish[i] is None]
     inputs = {i: list(prompts[i]) for i in active}
@@ -79,10 +79,11 @@ def generate_autoregressive(
             passes[i] += 1
             finish[i] = add_token(texts[i], token, eos, limits[i])
             inputs[i] = [token]
+        first_step = first_step or (time.perf_counter() - start, [len(t.tokens) for t in texts])
         for i in active:
             if finish[i] is not None:
                 cache.release(seqs[i])
         active = [i for i in active if finish[i] is None]
 
     seconds = time.perf_counter() - start
-    return collect_outputs(texts, finish, [len(p) for p in prompts], passes, seconds)
+    return collect_outputs(texts, finish, [len(p) for p in prompts], passes, seconds, first_step)

@@ -78,15 +78,20 @@ def collect_outputs(
     prompt_lengths: list[int],
     passes: list[int],
     seconds: float,
+    first_step: tuple[float, list[int]] | None = None,
     **extra,
 ) -> list[GenerationOutput]:
     """Streams what is left of every text and builds the outputs with their statistics: prompt and
     new tokens, target passes this sequence took, MAT (new tokens per pass), wall time for the whole
-    batch, tokens per second, and ``extra`` entries."""
+    batch, tokens per second, and ``extra`` entries. ``first_step``: the batch's first step (the
+    prompt's prefill) as (seconds, tokens each sequence had after it), giving the time to first
+    token and the decoding speed after it (``decode_tokens_per_second``, prefill excluded)."""
     outputs = []
     for i, tracker in enumerate(texts):
         tracker.finish()
         n = len(tracker.tokens)
+        first_seconds, first_tokens = first_step if first_step else (0.0, [0] * len(texts))
+        after = seconds - first_seconds
         stats = {
             "prompt_tokens": prompt_lengths[i],
             "new_tokens": n,
@@ -94,6 +99,8 @@ def collect_outputs(
             "seconds": seconds,
             "tokens_per_second": n / seconds if seconds > 0 else 0.0,
             "mat": n / passes[i] if passes[i] else 0.0,
+            "ttft_seconds": first_seconds,
+            "decode_tokens_per_second": (n - first_tokens[i]) / after if after > 0 else 0.0,
         } | extra
         outputs.append(GenerationOutput(tracker.tokens, tracker.text, finish[i], stats))
     return outputs

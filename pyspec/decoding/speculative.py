@@ -62,7 +62,7 @@ def generate_speculative(
     eos = set(target.config.eos_token_ids)
     finish = [None if n > 0 else "length" for n in limits]
     passes = [0] * len(prompts)
-    start = time.perf_counter()
+    start, first_step = time.perf_counter(), None
     active = [i for i in range(len(prompts)) if finish[i] is None]
     for i in active:
         verifier.add(i)
@@ -80,6 +80,7 @@ def generate_speculative(
                     finish[i] = add_token(texts[i], token, eos, limits[i])
                     if finish[i] is not None:
                         break
+            first_step = first_step or (time.perf_counter() - start, [len(t.tokens) for t in texts])
             for i in active:
                 if finish[i] is not None:
                     verifier.release(i)
@@ -91,4 +92,6 @@ def generate_speculative(
 
     seconds = time.perf_counter() - start
     levels = [s.as_dict() for s in drafter.levels() + [verifier.stats]]
-    return collect_outputs(texts, finish, [len(p) for p in prompts], passes, seconds, levels=levels)
+    return collect_outputs(
+        texts, finish, [len(p) for p in prompts], passes, seconds, first_step, levels=levels
+    )
