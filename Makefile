@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 EXT_SOURCES := $(shell find csrc -name '*.h' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.cu') setup.py pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: setup run test bench bench-ar bench-spec bench-planner qwen lint cuda-build-check cmake-build clean
+.PHONY: setup run test bench bench-ar bench-spec bench-planner bench-batch qwen lint cuda-build-check cmake-build clean
 
 setup: $(VENV)/.built
 
@@ -48,6 +48,9 @@ bench-spec: setup
 
 bench-planner: setup
 	$(PY) benchmarks/planner.py
+
+bench-batch: setup
+	$(PY) benchmarks/batch.py
 
 test: setup
 	$(PY) -m pytest -q -m "not slow" --doctest-modules pyspec planner tests $(PYTEST_ARGS)

@@ -62,6 +62,10 @@ class ModelRunner:
         del self._cached[key]
         self._fed.pop(key, None)
 
+    def cache_length(self, key: Hashable) -> int:
+        """Tokens of sequence ``key`` with committed KV."""
+        return len(self._cached[key])
+
     def sync(self, key: Hashable, context: Sequence[int]) -> list[int]:
         """Rolls the cache back to the longest prefix shared with ``context`` (keeping its last token
         out, so that a pass always scores it) and returns the tokens of ``context`` to feed next."""

@@ -65,10 +65,17 @@ def resolve_candidate(target: LlamaModel, name: str) -> LlamaModel | str:
 
 
 def forward_seconds(
-    model: LlamaModel, sizes: Sequence[int], batch_size: int, context: int, repeats: int = 5
+    model: LlamaModel,
+    sizes: Sequence[int],
+    batch_size: int,
+    context: int,
+    repeats: int = 5,
+    score_all: bool = False,
 ) -> dict:
     """Median seconds of one forward pass with n new tokens per sequence (a chain after ``context``
-    committed tokens), for each n in ``sizes``: ``{"sizes": [...], "seconds": [...]}``."""
+    committed tokens), for each n in ``sizes``: ``{"sizes": [...], "seconds": [...]}``. Logits for
+    every new token with ``score_all`` (a verification pass), else for each sequence's last (a
+    drafting pass); on a CPU each scored row costs a vocabulary-sized product."""
     cache = model.new_cache(num_pages=batch_size * (-(-(context + max(sizes)) // 16) + 1), page_size=16)
     seqs = [cache.add_sequence() for _ in range(batch_size)]
     gen = torch.Generator().manual_seed(0)
@@ -82,8 +89,9 @@ def forward_seconds(
             times = []
             for _ in range(repeats + 1):  # the first is a warm-up
                 batch = StepBatch.build(cache, seqs, [[1] * n] * batch_size)
+                rows = torch.arange(n * batch_size) if score_all else None
                 start = time.perf_counter()
-                model(batch, cache)
+                model(batch, cache, logits_rows=rows)
                 times.append(time.perf_counter() - start)
                 for s in seqs:
                     cache.rollback(s, context)
@@ -316,7 +324,8 @@ def profile(
             per_sequence = (time.perf_counter() - start) / 20
             latency.setdefault(str(b), {})[c] = {"sizes": [1], "seconds": [b * per_sequence]}
         else:
-            latency.setdefault(str(b), {})[c] = forward_seconds(model, sizes, b, context, repeats)
+            verifies = c == name  # the target scores every token it verifies
+            latency.setdefault(str(b), {})[c] = forward_seconds(model, sizes, b, context, repeats, verifies)
     overhead = {str(b): step_overhead(target, b, latency[str(b)][name], context) for b in batch_sizes}
     return {
         "hardware": hardware(),

@@ -21,6 +21,7 @@ class LevelStats:
     verify_steps: int = 0
     drafted: int = 0
     accepted_hist: list[int] = field(default_factory=list)
+    padding: int = 0  # padding tokens fed and discarded (padded batching, for comparison)
 
     def record(self, num_drafted: int, num_accepted: int) -> None:
         """Counts one verification step of one sequence."""
@@ -38,6 +39,8 @@ class LevelStats:
         """Summary: MAT (tokens emitted per verification), acceptance rate of draft tokens, and the
         acceptance per depth ``P(depth d accepted | depth d - 1 accepted)``."""
         out = {"name": self.name, "passes": self.passes, "seconds": round(self.seconds, 4)}
+        if self.padding:
+            out["padding"] = self.padding
         if self.verify_steps:
             reached = [sum(self.accepted_hist[d:]) for d in range(len(self.accepted_hist))]
             out |= {

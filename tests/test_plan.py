@@ -29,7 +29,8 @@ def measured(model):
 
 def test_profile_measures_every_model_and_pair(measured):
     assert set(measured["latency"]) == {"1", "4"} == set(measured["overhead"])
-    assert all(0 <= o < 0.05 for per in measured["overhead"].values() for o in per.values())
+    assert all(o >= 0 for per in measured["overhead"].values() for o in per.values())
+    assert measured["overhead"]["1"]["speculative"] < 0.02  # Python's share of a ~50 ms step
     gains = measured["gains"][0][2]  # n-gram verified by the target, per block size
     assert len(gains) == 33 and all(sum(row[1:]) == pytest.approx(1) for row in gains[1:])
     assert len(measured["lookup_lengths"][4]) == 5 and sum(measured["lookup_lengths"][4]) == pytest.approx(1)

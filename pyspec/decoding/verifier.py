@@ -36,9 +36,11 @@ class Verifier:
         self.stats = LevelStats(name or getattr(model, "name", "model"))
         self.runner: ModelRunner | None = None
 
-    def begin(self, max_lengths: Sequence[int]) -> None:
+    def begin(self, max_lengths: Sequence[int], num_pages: int | None = None) -> None:
+        """Starts a generation: a cache of ``num_pages`` pages (default: enough for sequences of
+        ``max_lengths`` tokens)."""
         self.stats = LevelStats(self.stats.name)
-        self.runner = ModelRunner(self.model, pages_needed(max_lengths, 16), 16)
+        self.runner = ModelRunner(self.model, num_pages or pages_needed(max_lengths, 16), 16)
 
     def add(self, key: Hashable) -> None:
         self.runner.add(key)
@@ -57,11 +59,15 @@ class Verifier:
         params: Sequence[SamplingParams],
         generators: Sequence[torch.Generator],
         alternatives: int = 0,
+        pad_inputs: bool = False,
     ) -> list[Verified]:
         """Scores every sequence's context tail and draft tree in one pass and keeps what is accepted.
 
         ``alternatives``: also return, per emitted token, this many other tokens ranked highest by the
-        verifier at that position (for a level that proposes a tree to the level above)."""
+        verifier at that position (for a level that proposes a tree to the level above).
+        ``pad_inputs``: pad every draft to the longest in the batch (padding appended after the tree,
+        computed and discarded), as batched decoding with rectangular inputs does; for measuring what
+        padding costs (:mod:`pyspec.decoding.engine`). Results are the same."""
         start = time.perf_counter()
         feeds, trees, rows, pending = [], [], [], []
         for key, ctx, d in zip(keys, contexts, drafts, strict=True):
@@ -76,6 +82,14 @@ class Verifier:
                     torch.tensor(list(range(-1, m - 1)) + [m - 1 if p < 0 else m + p for p in d.parents])
                 )
             rows.append([m - 1] + [m + i for i in range(n)])
+        if pad_inputs:  # every draft padded to the longest in the batch
+            width = max(len(d) for d in drafts)
+            for b, (f, d) in enumerate(zip(feeds, drafts, strict=True)):
+                pad = width - len(d)
+                self.stats.padding += pad
+                if pad and trees[b] is not None:  # padding continues as a chain after the last node
+                    trees[b] = torch.cat([trees[b], torch.arange(len(f) - 1, len(f) + pad - 1)])
+                f.extend([f[-1]] * pad)
         logits = self.runner.run(keys, feeds, trees, rows)  # per sequence [n + 1, vocab]
 
         N = max(len(d) for d in drafts)

@@ -1,0 +1,304 @@
+"""A continuous-batching engine for speculative decoding without padding (EMS-SD, papers.md §4).
+
+Requests join and leave between steps. Each step, every running sequence drafts (n-gram, draft
+models, a hierarchy, or nothing: plain decoding), the target verifies all drafts in one pass over
+the sequences' new tokens concatenated (no input padding), each sequence accepts its own number of
+tokens and its KV cache grows by exactly that (no KV padding).
+
+For measuring what padding costs, ``padding`` switches on what padded batched decoding does:
+
+- ``"inputs"``: every sequence's draft is padded to the longest in the batch for the target's
+  verification pass (the padding is computed and discarded);
+- ``"kv"``: after each step every sequence is aligned to the longest acceptance: the others hold
+  padding KV slots (masked in a real padded cache) until they finish. Emulated for memory: the slots
+  take pages of the same pool, so peak KV and running out of pages are real, but attention over
+  them (which a rectangular cache computes and masks) is not run, so this understates its time;
+- ``"both"``: the padded baseline; ``"none"``: EMS-SD.
+
+Outputs never depend on the batch: each sequence's tokens equal its single-sequence output (greedy
+and seeded sampling alike; the kernels are row-invariant and every request has its own generator).
+
+When the target's KV pool cannot hold the next step, ``when_full="preempt"`` moves the most
+recently admitted sequence back to the queue (its tokens kept; it resumes later by recomputing its
+KV, with the same output) and ``"reject"`` ends it with ``finish_reason="rejected"`` and the reason
+in its stats. New requests wait until their prompt fits.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from pyspec.decoding.autoregressive import GREEDY, check_prompts
+from pyspec.decoding.output import GenerationOutput, TextTracker, add_token
+from pyspec.decoding.verifier import Verifier
+from pyspec.drafters.base import Draft, Drafter
+from pyspec.model_runner import pages_needed
+from pyspec.models.llama import LlamaModel
+from pyspec.sampling import SamplingParams
+
+PADDING = ("none", "inputs", "kv", "both")
+PAGE_SIZE = 16
+
+
+@dataclass
+class _Request:
+    """A request's state while it waits, runs or after it finished."""
+
+    id: int
+    prompt: list[int]
+    params: SamplingParams
+    limit: int  # new tokens at most
+    text: TextTracker
+    generator: torch.Generator
+    submitted: float
+    finish: str | None = None
+    passes: int = 0
+    started: float | None = None
+    first_token: float | None = None
+    finished: float | None = None
+    holes: int | None = None  # the cache sequence holding its padding KV slots ("kv" padding)
+    preemptions: int = 0
+    error: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def context(self) -> list[int]:
+        return self.prompt + self.text.tokens
+
+
+class BatchEngine:
+    """Serves requests with continuous batching; see the module docstring.
+
+    Example:
+        >>> engine = BatchEngine(target, build_stack(target, ["ngram"], [4]), max_batch=8)  # doctest: +SKIP
+        >>> ids = [engine.submit(p, max_new_tokens=64) for p in prompts]  # doctest: +SKIP
+        >>> outputs = engine.run()  # {request id: GenerationOutput}  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        target: LlamaModel,
+        drafter: Drafter | None = None,
+        max_batch: int = 8,
+        max_length: int = 2048,
+        num_pages: int | None = None,
+        padding: str = "none",
+        when_full: str = "preempt",
+    ) -> None:
+        if padding not in PADDING:
+            raise ValueError(f"padding must be one of {PADDING}, got {padding!r}")
+        if when_full not in ("preempt", "reject"):
+            raise ValueError(f"when_full must be 'preempt' or 'reject', got {when_full!r}")
+        if max_batch < 1 or max_length < 2:
+            raise ValueError("max_batch must be >= 1 and max_length >= 2")
+        if drafter is not None and drafter.vocab_size not in (None, target.config.vocab_size):
+            raise ValueError(
+                f"the drafter's vocabulary has {drafter.vocab_size} tokens, the target's "
+                f"{target.config.vocab_size}"
+            )
+        self.target, self.drafter, self.padding, self.when_full = target, drafter, padding, when_full
+        self.max_batch, self.max_length = max_batch, min(max_length, target.config.max_position_embeddings)
+        self.max_draft = drafter.max_draft if drafter else 0
+        room = self.max_length + self.max_draft + 1
+        self.num_pages = num_pages or pages_needed([room] * max_batch, PAGE_SIZE)
+        self.verifier = Verifier(target, getattr(target, "name", "target"))
+        self.verifier.begin([], num_pages=self.num_pages)
+        if drafter is not None:
+            drafter.begin([room] * max_batch)  # draft caches: always room for max_batch sequences
+        self.cache = self.verifier.runner.cache
+        self.eos = set(target.config.eos_token_ids)
+        self.waiting: deque[_Request] = deque()
+        self.running: list[_Request] = []
+        self.done: dict[int, _Request] = {}
+        self._next_id = 0
+        self.stats = {"steps": 0, "peak_pages": 0, "preemptions": 0, "rejected": 0, "padding_tokens": 0}
+
+    # Requests --------------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        prompt: Sequence[int],
+        sampling: SamplingParams = GREEDY,
+        max_new_tokens: int = 128,
+        stop: Sequence[str] = (),
+    ) -> int:
+        """Queues a request (prompt token ids); returns its id. It joins the batch at a later step."""
+        check_prompts(self.target, [prompt], max_new_tokens)
+        if len(prompt) + 1 > self.max_length:
+            raise ValueError(f"the prompt has {len(prompt)} tokens but max_length is {self.max_length}")
+        if self._pages(len(prompt) + max_new_tokens + self.max_draft + 1) > self.num_pages:
+            raise ValueError(
+                f"a request of {len(prompt)} + {max_new_tokens} tokens needs more than the whole KV pool "
+                f"({self.num_pages} pages of {PAGE_SIZE})"
+            )
+        self._next_id += 1
+        request = _Request(
+            self._next_id,
+            list(prompt),
+            sampling,
+            min(max_new_tokens, self.max_length - len(prompt)),
+            TextTracker(self.target.tokenizer, tuple(stop), self._next_id, None),
+            sampling.generator(),
+            time.perf_counter(),
+        )
+        if request.limit == 0:
+            request.finish, request.finished = "length", request.submitted
+            self.done[request.id] = request
+        else:
+            self.waiting.append(request)
+        return request.id
+
+    def run(self) -> dict[int, GenerationOutput]:
+        """Steps until every submitted request has finished; returns all finished outputs by id."""
+        while self.waiting or self.running:
+            self.step()
+        return self.outputs()
+
+    def outputs(self) -> dict[int, GenerationOutput]:
+        """Finished requests so far, by id, with their statistics: new tokens, target passes, MAT,
+        latency (submission to finish), time to first token, preemptions, and ``error`` if rejected."""
+        out = {}
+        for rid, r in sorted(self.done.items()):
+            n = len(r.text.tokens)
+            stats = {
+                "prompt_tokens": len(r.prompt),
+                "new_tokens": n,
+                "target_passes": r.passes,
+                "mat": n / r.passes if r.passes else 0.0,
+                "latency_seconds": r.finished - r.submitted,
+                "ttft_seconds": (r.first_token or r.finished) - r.submitted,
+                "preemptions": r.preemptions,
+            }
+            if r.error:
+                stats["error"] = r.error
+            r.text.finish()
+            out[rid] = GenerationOutput(list(r.text.tokens), r.text.text, r.finish, stats)
+        return out
+
+    # One step --------------------------------------------------------------------------------------
+
+    def step(self) -> list[int]:
+        """Admits waiting requests, runs one draft-and-verify step for every running sequence, and
+        returns the ids of the requests that finished in it."""
+        self._admit()
+        if not self.running:
+            return []
+        self._make_room()
+        batch = list(self.running)
+        keys = [r.id for r in batch]
+        contexts = [r.context for r in batch]
+        params, gens = [r.params for r in batch], [r.generator for r in batch]
+        budgets = [r.limit - len(r.text.tokens) - 1 for r in batch]
+        if self.drafter is not None:
+            drafts = self.drafter.propose(keys, contexts, params, gens, budgets)
+        else:
+            drafts = [Draft() for _ in batch]
+        padding = self.verifier.stats.padding
+        results = self.verifier.step(
+            keys, contexts, drafts, params, gens, pad_inputs=self.padding in ("inputs", "both")
+        )
+        self.stats["padding_tokens"] += self.verifier.stats.padding - padding
+        self.stats["steps"] += 1
+        now = time.perf_counter()
+        longest = max(len(res.tokens) for res in results)
+        finished = []
+        for r, res in zip(batch, results, strict=True):
+            r.passes += 1
+            for token in res.tokens:
+                r.finish = add_token(r.text, token, self.eos, r.limit)
+                if r.finish is not None:
+                    break
+            r.first_token = r.first_token or now
+            if self.padding in ("kv", "both") and r.finish is None:
+                self._pad_kv(r, longest - len(res.tokens))
+            if r.finish is not None:
+                finished.append(r.id)
+                self._retire(r, now)
+        self._note_pages()
+        return finished
+
+    # Internals -------------------------------------------------------------------------------------
+
+    def _pages(self, tokens: int) -> int:
+        return -(-tokens // PAGE_SIZE)
+
+    def _step_pages(self, r: _Request) -> int:
+        """Pages ``r`` may need beyond what it holds for one more step: its context, the largest
+        draft (padding included) and a spare for the verifier's token."""
+        held = self._pages(self.verifier.runner.cache_length(r.id))
+        return max(0, self._pages(len(r.context) + self.max_draft + 1) - held) + 1
+
+    def _admit(self) -> None:
+        while self.waiting and len(self.running) < self.max_batch:
+            r = self.waiting[0]
+            growth = sum(self._step_pages(x) for x in self.running)
+            need = self._pages(len(r.context) + self.max_draft + 1) + 1
+            if self.running and self.cache.stats()["free_pages"] < growth + need:
+                return  # wait for pages to free up
+            self.waiting.popleft()
+            r.started = r.started or time.perf_counter()
+            self.verifier.add(r.id)
+            if self.drafter is not None:
+                self.drafter.add(r.id)
+            self.running.append(r)
+
+    def _make_room(self) -> None:
+        """Pre-empts or rejects the most recently admitted sequences until the step fits the pool."""
+        while self.cache.stats()["free_pages"] < sum(self._step_pages(r) for r in self.running):
+            r = self.running[-1]
+            if len(self.running) == 1:  # alone, it fits by construction but for its padding slots
+                if r.holes is not None:
+                    self.cache.release(r.holes)
+                    r.holes = None
+                return
+            self._drop(r)
+            if self.when_full == "preempt":
+                r.preemptions += 1
+                self.stats["preemptions"] += 1
+                self.waiting.appendleft(r)
+            else:
+                r.finish = "rejected"
+                r.error = (
+                    f"KV cache out of pages: {self.num_pages} pages of {PAGE_SIZE} cannot hold the "
+                    f"{len(self.running) + 1} running sequences' next step"
+                )
+                self.stats["rejected"] += 1
+                r.finished = time.perf_counter()
+                self.done[r.id] = r
+
+    def _pad_kv(self, r: _Request, slots: int) -> None:
+        """Holds ``slots`` more padding KV slots for ``r`` (aligned to the longest acceptance)."""
+        if slots <= 0:
+            return
+        if r.holes is None:
+            r.holes = self.cache.add_sequence()
+        free = self.cache.stats()["free_pages"]
+        length = self.cache.length(r.holes)
+        if self._pages(length + slots) - self._pages(length) > free:
+            return  # a padded cache would be full here; the run measures the pages it could hold
+        self.cache.reserve(r.holes, slots)
+        self.cache.commit(r.holes, slots)
+
+    def _drop(self, r: _Request) -> None:
+        """Frees everything ``r`` holds and takes it out of the batch."""
+        self.running.remove(r)
+        self.verifier.release(r.id)
+        if self.drafter is not None:
+            self.drafter.release(r.id)
+        if r.holes is not None:
+            self.cache.release(r.holes)
+            r.holes = None
+
+    def _retire(self, r: _Request, now: float) -> None:
+        self._drop(r)
+        r.finished = now
+        self.done[r.id] = r
+
+    def _note_pages(self) -> None:
+        used = self.cache.stats()["used_pages"]
+        self.stats["peak_pages"] = max(self.stats["peak_pages"], used)
