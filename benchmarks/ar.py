@@ -20,6 +20,7 @@ import os
 import statistics
 import time
 
+import _path  # noqa: F401  (first: keeps benchmarks/planner.py from shadowing the planner package)
 import torch
 
 import pyspec

@@ -28,6 +28,7 @@ import argparse
 import json
 import time
 
+import _path  # noqa: F401  (first: keeps benchmarks/planner.py from shadowing the planner package)
 import torch
 
 import pyspec
@@ -79,7 +80,8 @@ def main() -> None:
     prompts = encode_prompts(target, [p.text for p in held_out(mtbench(), 4)[:n]])
     references = [generate_autoregressive(target, [p], max_new)[0].tokens for p in prompts]
     start = time.perf_counter()
-    profile = pyspec.profile_model(target, ["ngram"], batch_sizes=sizes, calibration_prompts=2)
+    calibration = [p.text for p in pyspec.data.calibration(mtbench(), 4)[:8]]  # MT-bench, as served
+    profile = pyspec.profile_model(target, ["ngram"], calibration, batch_sizes=sizes)
     plan = make_plan(profile, max_block=8)
     print(f"profiled and planned in {time.perf_counter() - start:.0f} s", flush=True)
 

@@ -20,6 +20,7 @@ import platform
 import statistics
 import time
 
+import _path  # noqa: F401  (first: keeps benchmarks/planner.py from shadowing the planner package)
 import torch
 import torch.nn.functional as F
 

@@ -23,26 +23,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import time
 
-# This file is named as the issue asks, like the `planner` package: run as a script, its folder
-# would come first on sys.path and shadow the package.
-sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+import _path  # noqa: F401  (first: keeps this file from shadowing the planner package)
+import torch
 
-import torch  # noqa: E402
-
-import pyspec  # noqa: E402
-from planner.plan import Choice, make_plan, predict  # noqa: E402
-from pyspec.api import encode_prompts  # noqa: E402
-from pyspec.data import held_out, humaneval, mtbench  # noqa: E402
-from pyspec.decoding.autoregressive import generate_autoregressive  # noqa: E402
-from pyspec.decoding.hierarchy import build_stack  # noqa: E402
-from pyspec.decoding.speculative import generate_speculative  # noqa: E402
-from pyspec.drafters.model import TreeShape  # noqa: E402
-from pyspec.profile import resolve_candidate  # noqa: E402
+import pyspec
+from planner.plan import Choice, make_plan, predict
+from pyspec.api import encode_prompts
+from pyspec.data import held_out, humaneval, mtbench
+from pyspec.decoding.autoregressive import generate_autoregressive
+from pyspec.decoding.hierarchy import build_stack
+from pyspec.decoding.speculative import generate_speculative
+from pyspec.drafters.model import TreeShape
+from pyspec.profile import resolve_candidate
 
 CANDIDATES = ["ngram", "early:8", "early:20"]
 
