@@ -34,7 +34,7 @@ import torch
 import pyspec
 from planner.plan import make_plan
 from pyspec.api import encode_prompts
-from pyspec.data import held_out, mtbench
+from pyspec.data import calibration, held_out, mtbench
 from pyspec.decoding.autoregressive import generate_autoregressive
 from pyspec.decoding.engine import BatchEngine
 from pyspec.decoding.hierarchy import build_stack
@@ -80,8 +80,8 @@ def main() -> None:
     prompts = encode_prompts(target, [p.text for p in held_out(mtbench(), 4)[:n]])
     references = [generate_autoregressive(target, [p], max_new)[0].tokens for p in prompts]
     start = time.perf_counter()
-    calibration = [p.text for p in pyspec.data.calibration(mtbench(), 4)[:8]]  # MT-bench, as served
-    profile = pyspec.profile_model(target, ["ngram"], calibration, batch_sizes=sizes)
+    held = [p.text for p in calibration(mtbench(), 4)[:8]]  # calibrate on MT-bench, as served
+    profile = pyspec.profile_model(target, ["ngram"], held, batch_sizes=sizes)
     plan = make_plan(profile, max_block=8)
     print(f"profiled and planned in {time.perf_counter() - start:.0f} s", flush=True)
 

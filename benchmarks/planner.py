@@ -9,7 +9,8 @@
    interleaved, every output checked token for token against autoregressive decoding; compare each
    configuration's measured seconds per token with the planner's prediction for it.
 
-    python benchmarks/planner.py            # 5 + 5 prompts x 128 new tokens, full grid (~35 minutes)
+    python benchmarks/planner.py            # 5 + 5 prompts x 128 new tokens, 14 configurations (~25 min)
+    python benchmarks/planner.py --all      # and 4 more, 2-6x slower than plain decoding (~45 minutes)
     python benchmarks/planner.py --quick    # 2 + 2 prompts x 48 new tokens, small grid (~4 minutes)
 
 Times are of decoding after the first step (the prompt's prefill, the same for every configuration
@@ -42,7 +43,7 @@ from pyspec.profile import resolve_candidate
 CANDIDATES = ["ngram", "early:8", "early:20"]
 
 
-def grid(quick: bool) -> list[Choice]:
+def grid(quick: bool, everything: bool = False) -> list[Choice]:
     """The configurations measured (predictions are filled in later)."""
 
     def chain(*levels):
@@ -61,14 +62,18 @@ def grid(quick: bool) -> list[Choice]:
                 tree("early:20", [2, 1]),
             ]
         )
+    slow = (  # 2-6x slower than plain decoding here: only with --all
+        [chain(("early:20", 3)), tree("early:20", [3, 2, 1]), chain(("ngram", 8), ("early:20", 3))]
+        + [chain(("ngram", 4), ("early:8", 3), ("early:20", 3))]
+        if everything
+        else []
+    )
     return (
         [chain()]
         + [chain(("ngram", b)) for b in (1, 2, 3, 4, 6, 8, 12, 16)]
-        + [chain(("early:20", b)) for b in (1, 2, 3)]
-        + [chain(("early:8", 2))]
-        + [tree("early:20", [2, 1]), tree("early:20", [3, 2, 1])]
-        + [chain(("ngram", 4), ("early:20", 2)), chain(("ngram", 8), ("early:20", 3))]
-        + [chain(("ngram", 4), ("early:8", 3), ("early:20", 3))]
+        + [chain(("early:20", b)) for b in (1, 2)]
+        + [chain(("early:8", 2)), tree("early:20", [2, 1]), chain(("ngram", 4), ("early:20", 2))]
+        + slow
     )
 
 
@@ -83,6 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 + 2 prompts, 48 new tokens, small grid")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--all", action="store_true", help="also the slowest stacks and trees (+20 minutes)")
     parser.add_argument("--profile", default=None, help="reuse a profile JSON instead of measuring one")
     parser.add_argument("--save-profile", default=None, help="write the measured profile here")
     args = parser.parse_args()
@@ -102,7 +108,7 @@ def main() -> None:
     plan = make_plan(profile).for_batch(1)
     print(f"profiled and planned in {time.perf_counter() - start:.0f} s; plan: {plan.label}", flush=True)
 
-    configs = grid(args.quick)
+    configs = grid(args.quick, args.all)
     if all((c.levels, c.tree) != (plan.levels, plan.tree) for c in configs):
         configs.append(plan)
     prompts = encode_prompts(target, [p.text for p in held_out(mtbench(), 4)[:n]])

@@ -68,10 +68,6 @@ class CostCurve:
         fit = linregress(x[upper], y[upper])
         return max(float(y[-1]), float(fit.intercept + fit.slope * n))
 
-    def plus(self, seconds: float) -> CostCurve:
-        """The same curve with ``seconds`` added to every pass (a fixed per-step overhead)."""
-        return CostCurve(self.sizes, tuple(x + seconds for x in self.seconds))
-
     def to_dict(self) -> dict:
         return {"sizes": list(self.sizes), "seconds": list(self.seconds)}
 

@@ -8,8 +8,10 @@ A profile (what ``pyspec profile`` measures) is a dict::
      "latency": {"<batch>": {"<name>": {"sizes": [...], "seconds": [...]}}},   # target included
      "alpha": [[...]],                                     # [drafts + target]^2, alpha[j][i]
      "gains": [[[[...]]]], "lookup_lengths": [[...]],      # optional: P(gain k | block T), n-gram lengths
-     "tree": {"<draft>": [[...]]},                         # optional: positional acceptance [depth][rank]
-     "overhead": {"<batch>": {"autoregressive": s, "speculative": s}}}   # optional: per-step loop cost
+     "tree": {"<draft>": [[...]]}}                         # optional: positional acceptance [depth][rank]
+
+The target's latency is the cost of a whole decoding step (pass, verification, bookkeeping); the
+drafts', of a forward pass.
 
 Example:
     >>> profile = {"hardware": {"cpu": "x"}, "dtype": "float32", "target": "t", "candidates": ["ngram"],
@@ -116,10 +118,6 @@ def _candidates(profile: Mapping, batch: str) -> tuple[list[Candidate], np.ndarr
     if missing:
         raise ValueError(f"batch {batch}: no latency profile for {missing}")
     lengths = profile.get("lookup_lengths")
-    overhead = profile.get("overhead", {}).get(batch, {})
-    curves = dict(curves)
-    target = profile["target"]
-    curves[target] = CostCurve.from_dict(curves[target]).plus(overhead.get("speculative", 0.0)).to_dict()
     candidates = [
         Candidate(
             n,
@@ -133,9 +131,8 @@ def _candidates(profile: Mapping, batch: str) -> tuple[list[Candidate], np.ndarr
 
 
 def _plain_seconds(profile: Mapping, batch: str) -> float:
-    """Seconds per token of plain decoding: one target pass plus the loop's overhead."""
-    forward = CostCurve.from_dict(profile["latency"][batch][profile["target"]])(1)
-    return forward + profile.get("overhead", {}).get(batch, {}).get("autoregressive", 0.0)
+    """Seconds per token of plain decoding: one target step with one new token."""
+    return CostCurve.from_dict(profile["latency"][batch][profile["target"]])(1)
 
 
 def tree_draft_seconds(cost: CostCurve, level_sizes: Sequence[int]) -> float:
@@ -151,10 +148,32 @@ def tree_draft_seconds(cost: CostCurve, level_sizes: Sequence[int]) -> float:
     return cost(1) + sum(cost(int(n)) for n in np.cumsum(level_sizes)[:-1])
 
 
-def predict(profile: Mapping, batch_size: int, levels: Sequence[tuple[str, int]], tree=None) -> float:
+def at_context(profile: Mapping, context: int | None) -> Mapping:
+    """``profile`` with the latency curves measured after the context length nearest to ``context``
+    (None: the profile's default bucket).
+
+    Example:
+        >>> p = {"latency": "a", "latency_by_context": {"256": "a", "1024": "b"}}
+        >>> at_context(p, 900)["latency"], at_context(p, None)["latency"]
+        ('b', 'a')
+    """
+    buckets = profile.get("latency_by_context")
+    if context is None or not buckets:
+        return profile
+    nearest = min(buckets, key=lambda c: abs(int(c) - context))
+    return {**profile, "latency": buckets[nearest]}
+
+
+def predict(
+    profile: Mapping,
+    batch_size: int,
+    levels: Sequence[tuple[str, int]],
+    tree=None,
+    context: int | None = None,
+) -> float:
     """Predicted seconds per token of one configuration at a profiled batch size: draft levels bottom
     to top as ``(name, block)`` (empty: plain decoding), or a single draft model's ``tree`` as
-    ``(parents, ranks)``.
+    ``(parents, ranks)``; ``context``: the committed context length to cost passes at.
 
     Example:
         >>> profile = {"target": "t", "candidates": ["ngram"], "alpha": [[1.0, 0.5], [0.0, 1.0]],
@@ -163,6 +182,7 @@ def predict(profile: Mapping, batch_size: int, levels: Sequence[tuple[str, int]]
         >>> round(predict(profile, 1, [("ngram", 1)]), 4), predict(profile, 1, [])  # 0.05 / 1.5
         (0.0333, 0.05)
     """
+    profile = at_context(profile, context)
     if not levels:
         return _plain_seconds(profile, str(batch_size))
     candidates, acceptance = _candidates(profile, str(batch_size))
@@ -182,10 +202,15 @@ def predict(profile: Mapping, batch_size: int, levels: Sequence[tuple[str, int]]
     return seconds_per_token(candidates, acceptance, target, [(index[n], t) for n, t in levels])
 
 
-def make_plan(profile: Mapping, max_block: int = 16, tree_budget: int = 32) -> Plan:
+def make_plan(
+    profile: Mapping, max_block: int = 16, tree_budget: int = 32, context: int | None = None
+) -> Plan:
     """Per profiled batch size, the fastest of: plain decoding, the optimal chain hierarchy (see
     :func:`planner.hierarchy.optimal_hierarchy`), and for each draft model with positional acceptance
-    in the profile, its optimal tree of at most ``tree_budget`` nodes (:func:`planner.tree.optimal_tree`)."""
+    in the profile, its optimal tree of at most ``tree_budget`` nodes (:func:`planner.tree.optimal_tree`),
+    with passes costed at the profiled context length nearest to ``context`` (default: the profile's
+    first)."""
+    profile = at_context(profile, context)
     choices = {}
     for batch in profile["latency"]:
         candidates, acceptance = _candidates(profile, batch)

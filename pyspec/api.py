@@ -177,15 +177,17 @@ def plan(
     temperature: float = 0.0,
     max_block: int = 16,
     tree_budget: int = 32,
+    context: int | None = None,
 ) -> Plan:
     """Profiles ``model`` and candidate ``drafts`` on this machine (:func:`profile_model`) and returns
     the fastest :class:`~planner.plan.Plan` per batch size: plain decoding, a chain hierarchy with
-    block sizes up to ``max_block``, or a draft model's tree of up to ``tree_budget`` nodes. Takes
-    about two minutes for SmolLM2 on 2 cores.
+    block sizes up to ``max_block``, or a draft model's tree of up to ``tree_budget`` nodes, with
+    passes costed at the profiled context length nearest to ``context`` (default 256 tokens; 1024
+    is profiled too). Takes about two minutes for SmolLM2 on 2 cores.
 
     Example:
         >>> p = pyspec.plan(model, drafts=["ngram", "early:20"])  # doctest: +SKIP
         >>> pyspec.generate(model, "Hi", plan=p)  # doctest: +SKIP
     """
     measured = profile_model(model, drafts, prompts, batch_sizes, temperature)
-    return make_plan(measured, max_block, tree_budget)
+    return make_plan(measured, max_block, tree_budget, context)

@@ -120,7 +120,7 @@ def _plan(args: argparse.Namespace) -> int:
         measured = profile_model(
             model, args.drafts, batch_sizes=args.batch_sizes, temperature=args.temperature
         )
-    made = make_plan(measured, args.max_block, args.tree_budget)
+    made = make_plan(measured, args.max_block, args.tree_budget, args.context)
     with open(args.out, "w") as f:
         f.write(made.to_json())
     for batch, choice in made.choices.items():
@@ -182,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--profile", default=None, help="a profile from `pyspec profile` (skips measuring)")
     pl.add_argument("--max-block", type=int, default=16, help="largest block size per level")
     pl.add_argument("--tree-budget", type=int, default=32, help="most nodes in a draft tree")
+    pl.add_argument("--context", type=int, default=None, help="typical context length (default 256)")
     pl.add_argument("--out", default="plan.json")
     pl.set_defaults(run=_plan)
     return parser

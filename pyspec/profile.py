@@ -1,7 +1,7 @@
-"""Profiling for the planner: forward-pass time against new tokens and batch size, the decoding
-loops' overhead per step, and acceptance between every pair of candidate drafts and the target on
-calibration prompts (gain tables per block size, n-gram proposal lengths, positional acceptance for
-trees).
+"""Profiling for the planner: the cost of drafting passes and of whole verification steps against
+new tokens, batch size and context length, and acceptance between every pair of candidate drafts
+and the target on calibration prompts (gain tables per block size, n-gram proposal lengths,
+positional acceptance for trees).
 
 The result is the profile dict :func:`planner.plan.make_plan` reads (JSON-serialisable), with a
 hardware fingerprint so that a plan made elsewhere is noticed.
@@ -20,10 +20,9 @@ import torch
 from tqdm import tqdm
 
 from planner.hierarchy import gain_table
-from planner.latency import CostCurve
 from pyspec.batch import StepBatch
 from pyspec.decoding.autoregressive import GREEDY, generate_autoregressive
-from pyspec.decoding.speculative import generate_speculative
+from pyspec.decoding.engine import BatchEngine
 from pyspec.drafters.base import Draft, Drafter
 from pyspec.drafters.ngram import lookup
 from pyspec.models.llama import LlamaModel
@@ -84,19 +83,17 @@ def forward_seconds(
         batch = StepBatch.build(cache, seqs, prefix)
         model(batch, cache)
         batch.commit(cache)
-        seconds = []
-        for n in sizes:
-            times = []
-            for _ in range(repeats + 1):  # the first is a warm-up
+        times: dict[int, list[float]] = {n: [] for n in sizes}
+        for _ in range(repeats + 1):  # sizes in turn, so that a slow moment hits all of them; first: warm-up
+            for n in sizes:
                 batch = StepBatch.build(cache, seqs, [[1] * n] * batch_size)
                 rows = torch.arange(n * batch_size) if score_all else None
                 start = time.perf_counter()
                 model(batch, cache, logits_rows=rows)
-                times.append(time.perf_counter() - start)
+                times[n].append(time.perf_counter() - start)
                 for s in seqs:
                     cache.rollback(s, context)
-            seconds.append(statistics.median(times[1:]))
-    return {"sizes": list(sizes), "seconds": seconds}
+    return {"sizes": list(sizes), "seconds": [statistics.median(times[n][1:]) for n in sizes]}
 
 
 RUN_HORIZON = 32  # longest run of accepted tokens measured
@@ -116,34 +113,38 @@ class _Rejected(Drafter):
         return [Draft.chain([self.token] * min(self.n, b)) for b in budgets]
 
 
-def step_overhead(
-    model: LlamaModel, batch_size: int, forward: dict, context: int = 256, steps: int = 12
+def verify_step_seconds(
+    model: LlamaModel, sizes: Sequence[int], batch_size: int, context: int, repeats: int = 5
 ) -> dict:
-    """Seconds per decoding step beyond the forward pass (sampling, verification, KV compaction,
-    bookkeeping), for plain and speculative decoding at ``batch_size``: the loops' decoding time
-    after the first step, less the profiled forward time ``forward`` (``{"sizes", "seconds"}``, after
-    ``context`` tokens as here); never below 0 (noise can make the loop look cheaper).
-    The speculative step verifies 3 drafts that are always rejected."""
-    curve = CostCurve.from_dict(forward)
-    gen = torch.Generator().manual_seed(1)
-    prompts = torch.randint(0, model.config.vocab_size, (batch_size, context), generator=gen).tolist()
-    runs = {
-        "autoregressive": (lambda: generate_autoregressive(model, prompts, steps + 1), curve(1)),
-        "speculative": (
-            lambda: generate_speculative(
-                model, prompts, _Rejected(3, model.config.vocab_size - 1), steps + 1
-            ),
-            curve(4),
-        ),
-    }
-    out = {}
-    for name, (run, forward_seconds) in runs.items():
-        run()  # warm-up
-        result = run()[0].stats
-        after = result["seconds"] - result["ttft_seconds"]
-        per_step = after / max(result["target_passes"] - 1, 1)
-        out[name] = max(per_step - forward_seconds, 0.0)
-    return out
+    """Median seconds of one whole decoding step of the target verifying n - 1 drafts per sequence
+    (n new tokens), for each n in ``sizes``, through the real loop (:class:`BatchEngine`: drafting
+    call, verification pass scoring every row, acceptance, KV compaction, bookkeeping), sizes in
+    turn after ``context`` tokens. n = 1 is a plain decoding step. ``{"sizes", "seconds"}``."""
+    steps = len(sizes) * (repeats + 1) + 1
+    for seed in range(1, 6):  # a random prompt may stop early (EOS): then another one
+        drafter = _Rejected(max(sizes) - 1, model.config.vocab_size - 1)
+        engine = BatchEngine(
+            model, drafter, max_batch=batch_size, max_length=context + steps + max(sizes) + 2
+        )
+        gen = torch.Generator().manual_seed(seed)
+        for prompt in torch.randint(
+            0, model.config.vocab_size, (batch_size, context), generator=gen
+        ).tolist():
+            engine.submit(prompt, max_new_tokens=steps + 1)
+        drafter.n = 0
+        engine.step()  # the prefill
+        times: dict[int, list[float]] = {n: [] for n in sizes}
+        for _ in range(repeats + 1):  # the first round is a warm-up
+            for n in sizes:
+                drafter.n = n - 1
+                start = time.perf_counter()
+                engine.step()
+                times[n].append(time.perf_counter() - start)
+        if not engine.done:  # every sequence ran every step
+            break
+    else:
+        raise RuntimeError("could not time verification steps: every random prompt stopped early")
+    return {"sizes": list(sizes), "seconds": [statistics.median(times[n][1:]) for n in sizes]}
 
 
 def _logits(model: LlamaModel, sequence: list[int], start: int) -> torch.Tensor:
@@ -307,33 +308,38 @@ def profile(
     prompts: Sequence[Sequence[int]],
     batch_sizes: Sequence[int] = (1,),
     sizes: Sequence[int] = DEFAULT_SIZES,
-    context: int = 256,
+    contexts: Sequence[int] = (256, 1024),
     params: SamplingParams = GREEDY,
     repeats: int = 5,
 ) -> dict:
-    """Everything :func:`planner.plan.make_plan` needs, measured here (see the module docstring)."""
+    """Everything :func:`planner.plan.make_plan` needs, measured here (see the module docstring).
+    Latency is measured after each of ``contexts`` committed tokens: ``"latency"`` holds the first
+    (the default bucket), ``"latency_by_context"`` all of them."""
     name = getattr(target, "name", "target")
-    latency = {}
-    jobs = [(b, c) for b in batch_sizes for c in list(candidates) + [name]]
-    for b, c in tqdm(jobs, desc="latency"):
+    by_context: dict = {str(ctx): {} for ctx in contexts}
+    jobs = [(b, c, ctx) for b in batch_sizes for c in list(candidates) + [name] for ctx in contexts]
+    for b, c, ctx in tqdm(jobs, desc="latency"):
         model = target if c == name else resolve_candidate(target, c)
         if model == "ngram":
             start = time.perf_counter()
             for _ in range(20):
-                lookup(list(range(context)) * 2, 4)
+                lookup(list(range(ctx)) * 2, 4)
             per_sequence = (time.perf_counter() - start) / 20
-            latency.setdefault(str(b), {})[c] = {"sizes": [1], "seconds": [b * per_sequence]}
+            curve = {"sizes": [1], "seconds": [b * per_sequence]}
+        elif c == name:  # the target: whole verification steps of the real loop
+            curve = verify_step_seconds(model, sizes, b, ctx, repeats)
         else:
-            verifies = c == name  # the target scores every token it verifies
-            latency.setdefault(str(b), {})[c] = forward_seconds(model, sizes, b, context, repeats, verifies)
-    overhead = {str(b): step_overhead(target, b, latency[str(b)][name], context) for b in batch_sizes}
+            curve = forward_seconds(model, sizes, b, ctx, repeats)
+        by_context[str(ctx)].setdefault(str(b), {})[c] = curve
+    latency = by_context[str(contexts[0])]
     return {
         "hardware": hardware(),
         "dtype": str(target.embed_tokens.dtype).removeprefix("torch."),
         "target": name,
         "candidates": list(candidates),
+        "context": contexts[0],
         "latency": latency,
-        "overhead": overhead,
+        "latency_by_context": by_context,
         "sampling": {"temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p},
         **acceptance(target, candidates, prompts, params),
     }
