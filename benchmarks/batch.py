@@ -13,7 +13,9 @@ once and at most ``batch`` run together. Modes:
 
 Every request's output is checked against its own plain decoding. Throughput: new tokens of all
 requests over the wall time; latency: submission to finish, mean over requests; peak KV pages held
-between steps (padding slots included). Padded KV is emulated for memory only (see the engine).
+between steps (padding slots included). Each mode runs ``--repeats`` times, modes in turn (reversed
+every other repeat); the table shows the median and the range. Padded KV is emulated for memory
+only (see the engine).
 
     python benchmarks/batch.py            # 16 requests x 64 new tokens, batch 1, 2, 4, 8, 16
     python benchmarks/batch.py --quick    # 8 requests x 32 new tokens, batch 1 and 8 (a few minutes)
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import _path  # noqa: F401  (first: keeps benchmarks/planner.py from shadowing the planner package)
@@ -72,9 +75,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="8 requests x 32 tokens, batch 1 and 8")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--block", type=int, default=4, help="n-gram block size of the speculative modes")
+    parser.add_argument("--repeats", type=int, default=None, help="runs per mode (default 2; --quick 1)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     n, max_new, sizes = (8, 32, [1, 8]) if args.quick else (16, 64, [1, 2, 4, 8, 16])
+    args.repeats = args.repeats or (1 if args.quick else 2)
 
     target = pyspec.load_model("smollm2-135m-instruct", progress=False)
     prompts = encode_prompts(target, [p.text for p in held_out(mtbench(), 4)[:n]])
@@ -85,39 +90,52 @@ def main() -> None:
     plan = make_plan(profile, max_block=8)
     print(f"profiled and planned in {time.perf_counter() - start:.0f} s", flush=True)
 
-    results, lossless = {}, True
+    results, lossless = {}, True  # (batch, mode) -> {"throughput": [per repeat], ...}
     for batch in sizes:
         choice = plan.for_batch(batch)
         planned = choice.levels[0][1] if choice.levels else 0
         runs = {name: (args.block if spec else 0, padding) for name, (spec, padding) in MODES.items()}
         runs["ems+plan"] = (planned, "none")
-        for name, (block, padding) in runs.items():
-            r = serve(target, prompts, max_new, batch, block, padding)
-            if r["tokens"] != references:
-                lossless = False
-                print(f"MISMATCH batch {batch} mode {name}")
-            results[(batch, name)] = r | {"label": f"ngram:{block}" if block else "autoregressive"}
+        for repeat in range(args.repeats):  # modes in turn, reversed every other repeat
+            for name in list(runs) if repeat % 2 == 0 else list(runs)[::-1]:
+                block, padding = runs[name]
+                r = serve(target, prompts, max_new, batch, block, padding)
+                if r.pop("tokens") != references:
+                    lossless = False
+                    print(f"MISMATCH batch {batch} mode {name}")
+                entry = results.setdefault(
+                    (batch, name), {"label": f"ngram:{block}" if block else "autoregressive"}
+                )
+                for key, value in r.items():
+                    entry.setdefault(key, []).append(value)
         print(f"batch {batch} done", flush=True)
+
+    def median(batch: int, name: str, key: str) -> float:
+        return statistics.median(results[(batch, name)][key])
 
     print(
         f"\n{n} MT-bench requests x {max_new} new tokens, greedy, n-gram block {args.block}, "
         f"{args.threads} threads; continuous batching, at most `batch` running"
     )
-    print(f"{'batch':>5} {'mode':16} {'tok/s':>7} {'vs AR':>6} {'latency s':>10} {'steps':>6} {'peak KV':>8}")
+    print(
+        f"{'batch':>5} {'mode':16} {'tok/s':>7} {'[min, max]':>14} {'vs AR':>6} {'latency s':>10} "
+        f"{'steps':>6} {'peak KV':>8}"
+    )
     for batch in sizes:
-        ar = results[(batch, "autoregressive")]["throughput"]
+        ar = median(batch, "autoregressive", "throughput")
         for name in list(MODES) + ["ems+plan"]:
             r = results[(batch, name)]
             label = f"{name} ({r['label']})" if name == "ems+plan" else name
+            thr, low, high = median(batch, name, "throughput"), min(r["throughput"]), max(r["throughput"])
             print(
-                f"{batch:5d} {label:16} {r['throughput']:7.1f} {r['throughput'] / ar:5.2f}x "
-                f"{r['latency']:10.2f} {r['steps']:6d} {r['peak_pages']:8d}"
+                f"{batch:5d} {label:16} {thr:7.1f} [{low:5.1f}, {high:5.1f}] "
+                f"{thr / ar:5.2f}x {median(batch, name, 'latency'):10.2f} {r['steps'][0]:6d} "
+                f"{r['peak_pages'][0]:8d}"
             )
     ratio = {
-        b: results[(b, "ems+plan")]["throughput"] / results[(b, "autoregressive")]["throughput"]
-        for b in sizes
+        b: median(b, "ems+plan", "throughput") / median(b, "autoregressive", "throughput") for b in sizes
     }
-    over_padded = results[(8, "ems")]["throughput"] / results[(8, "padded")]["throughput"]
+    over_padded = median(8, "ems", "throughput") / median(8, "padded", "throughput")
     print(
         f"\nEMS over padded at batch 8: {over_padded:.2f}x; EMS with the plan over autoregressive: "
         + ", ".join(f"batch {b} {x:.2f}x" for b, x in ratio.items())
