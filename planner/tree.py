@@ -90,9 +90,7 @@ def _build(choice: dict, W: int, d: int, n: int, parent: int, nodes: list[tuple[
 
 
 def _breadth_first(nodes: list[tuple[int, int, int]]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    depth = []
-    for parent, _, _ in nodes:
-        depth.append(1 if parent < 0 else depth[parent] + 1)
+    depth = _depths([parent for parent, _, _ in nodes])
     order = sorted(range(len(nodes)), key=lambda i: (depth[i], _path(nodes, i)))
     new = {old: k for k, old in enumerate(order)}
     parents = tuple(-1 if nodes[i][0] < 0 else new[nodes[i][0]] for i in order)

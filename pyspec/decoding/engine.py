@@ -29,7 +29,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -58,13 +58,11 @@ class _Request:
     submitted: float
     finish: str | None = None
     passes: int = 0
-    started: float | None = None
     first_token: float | None = None
     finished: float | None = None
     holes: int | None = None  # the cache sequence holding its padding KV slots ("kv" padding)
     preemptions: int = 0
     error: str | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def context(self) -> list[int]:
@@ -241,7 +239,6 @@ class BatchEngine:
             if self.running and self.cache.stats()["free_pages"] < growth + need:
                 return  # wait for pages to free up
             self.waiting.popleft()
-            r.started = r.started or time.perf_counter()
             self.verifier.add(r.id)
             if self.drafter is not None:
                 self.drafter.add(r.id)
