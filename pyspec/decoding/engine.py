@@ -8,7 +8,7 @@ tokens and its KV cache grows by exactly that (no KV padding).
 For measuring what padding costs, ``padding`` switches on what padded batched decoding does:
 
 - ``"inputs"``: every sequence's draft is padded to the longest in the batch for the target's
-  verification pass (the padding is computed and discarded);
+  verification pass (the padding runs through every layer and the LM head, then is discarded);
 - ``"kv"``: after each step every sequence is aligned to the longest acceptance: the others hold
   padding KV slots (masked in a real padded cache) until they finish. Emulated for memory: the slots
   take pages of the same pool, so peak KV and running out of pages are real, but attention over

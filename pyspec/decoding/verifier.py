@@ -66,8 +66,9 @@ class Verifier:
         ``alternatives``: also return, per emitted token, this many other tokens ranked highest by the
         verifier at that position (for a level that proposes a tree to the level above).
         ``pad_inputs``: pad every draft to the longest in the batch (padding appended after the tree,
-        computed and discarded), as batched decoding with rectangular inputs does; for measuring what
-        padding costs (:mod:`pyspec.decoding.engine`). Results are the same."""
+        run through every layer and the LM head, then discarded), as batched decoding with rectangular
+        inputs and logits does; for measuring what padding costs (:mod:`pyspec.decoding.engine`).
+        Results are the same."""
         start = time.perf_counter()
         feeds, trees, rows, pending = [], [], [], []
         for key, ctx, d in zip(keys, contexts, drafts, strict=True):
@@ -90,7 +91,9 @@ class Verifier:
                 if pad and trees[b] is not None:  # padding continues as a chain after the last node
                     trees[b] = torch.cat([trees[b], torch.arange(len(f) - 1, len(f) + pad - 1)])
                 f.extend([f[-1]] * pad)
-        logits = self.runner.run(keys, feeds, trees, rows)  # per sequence [n + 1, vocab]
+                rows[b].extend(range(len(f) - pad, len(f)))
+        logits = self.runner.run(keys, feeds, trees, rows)  # per sequence [n + 1 (+ padding), vocab]
+        logits = [x[: len(d) + 1] for x, d in zip(logits, drafts, strict=True)]
 
         N = max(len(d) for d in drafts)
         tokens = torch.zeros(len(keys), N, dtype=torch.long)
