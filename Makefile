@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 EXT_SOURCES := $(shell find csrc -name '*.h' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.cu') setup.py pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: setup run test bench bench-ar bench-spec bench-planner bench-batch qwen lint cuda-build-check cmake-build clean
+.PHONY: setup run test bench bench-ar bench-spec bench-planner bench-batch bench-suite qwen lint cuda-build-check cmake-build clean
 
 setup: $(VENV)/.built
 
@@ -51,6 +51,11 @@ bench-planner: setup
 
 bench-batch: setup
 	$(PY) benchmarks/batch.py
+
+# pyspec against transformers generate() (plain, prompt lookup, assisted) on MT-bench and HumanEval;
+# Qwen2.5-Coder-1.5B too when `make qwen` installed it. Regenerates the README's results section.
+bench-suite: setup
+	$(PY) benchmarks/suite.py
 
 test: setup
 	$(PY) -m pytest -q -m "not slow" --doctest-modules pyspec planner tests $(PYTEST_ARGS)

@@ -119,6 +119,17 @@ def generate(
     return generate_speculative(model, ids, drafter, max_new_tokens, params, tuple(stop), stream)
 
 
+def drafter_from_plan(model: LlamaModel, plan: Plan, batch_size: int) -> Drafter | None:
+    """The drafter stack ``plan`` chose for ``batch_size`` sequences (None: plain decoding); warns
+    when the plan was made on other hardware, raises when it is for another target.
+
+    Example:
+        >>> drafter = drafter_from_plan(model, pyspec.plan(model), 1)  # doctest: +SKIP
+    """
+    drafts, block_sizes, tree = _from_plan(model, plan, batch_size)
+    return None if drafts is None else build_stack(model, drafts, block_sizes, tree)
+
+
 def _from_plan(model: LlamaModel, plan: Plan, batch_size: int) -> tuple:
     """The drafts, block sizes and tree ``plan`` chose for this batch size (None: plain decoding)."""
     from pyspec.profile import hardware, resolve_candidate

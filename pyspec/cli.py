@@ -1,4 +1,4 @@
-"""The ``pyspec`` command line: ``pyspec generate``, ``pyspec profile``, ``pyspec plan``."""
+"""The ``pyspec`` command line: ``pyspec generate``, ``pyspec profile``, ``pyspec plan``, ``pyspec bench``."""
 
 from __future__ import annotations
 
@@ -185,6 +185,46 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--context", type=int, default=None, help="typical context length (default 256)")
     pl.add_argument("--out", default="plan.json")
     pl.set_defaults(run=_plan)
+    be = sub.add_parser(
+        "bench", help="benchmark decoding modes against transformers generate() on MT-bench and HumanEval"
+    )
+    be.add_argument("--model", default="smollm2-135m-instruct")
+    be.add_argument("--datasets", nargs="+", default=["mtbench", "humaneval"], help="mtbench, humaneval")
+    be.add_argument(
+        "--modes",
+        nargs="+",
+        default=["ar", "ngram", "plan", "hf", "hf-pld", "hf-assisted"],
+        help="ar, ngram, plan (pyspec); hf, hf-pld, hf-assisted (transformers generate())",
+    )
+    be.add_argument(
+        "--limit", type=int, default=None, help="prompts per dataset, spread evenly (default all)"
+    )
+    be.add_argument("--max-new-tokens", type=int, default=128)
+    be.add_argument("--repeats", type=int, default=1)
+    be.add_argument("--block", type=int, default=5, help="n-gram block size of mode 'ngram'")
+    be.add_argument(
+        "--assistant",
+        default="early:20",
+        help="hf-assisted's assistant: 'early:N' (the target's first N layers) or another model",
+    )
+    be.add_argument("--profile", default=None, help="a profile from `pyspec profile` for mode 'plan'")
+    be.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="no weights here (a GPU without network): time the model's real shapes with random "
+        "weights and combine with --profile's acceptance; prints labelled estimates",
+    )
+    be.add_argument("--device", default=None, help="--random-weights: cpu or cuda (default: cuda if present)")
+    be.add_argument("--batch-sizes", nargs="+", type=int, default=[1], help="--random-weights: batch sizes")
+    be.add_argument("--out", default="results", help="folder for the JSON, markdown and plots")
+    be.add_argument("--readme", default=None, help="regenerate this README's results section")
+
+    def _bench(args: argparse.Namespace) -> int:
+        from pyspec.bench import run_cli
+
+        return run_cli(args)
+
+    be.set_defaults(run=_bench)
     return parser
 
 

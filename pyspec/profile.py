@@ -315,6 +315,31 @@ def profile(
     """Everything :func:`planner.plan.make_plan` needs, measured here (see the module docstring).
     Latency is measured after each of ``contexts`` committed tokens: ``"latency"`` holds the first
     (the default bucket), ``"latency_by_context"`` all of them."""
+    by_context = latency(target, candidates, batch_sizes, sizes, contexts, repeats)
+    return {
+        "hardware": hardware(),
+        "dtype": str(target.embed_tokens.dtype).removeprefix("torch."),
+        "target": getattr(target, "name", "target"),
+        "candidates": list(candidates),
+        "context": contexts[0],
+        "latency": by_context[str(contexts[0])],
+        "latency_by_context": by_context,
+        "sampling": {"temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p},
+        **acceptance(target, candidates, prompts, params),
+    }
+
+
+def latency(
+    target: LlamaModel,
+    candidates: Sequence[str],
+    batch_sizes: Sequence[int] = (1,),
+    sizes: Sequence[int] = DEFAULT_SIZES,
+    contexts: Sequence[int] = (256, 1024),
+    repeats: int = 5,
+) -> dict:
+    """Cost curves ``{context: {batch size: {model: {"sizes", "seconds"}}}}``: whole verification
+    steps of the target, forward passes of each draft model, the n-gram's lookup; weights' values
+    do not matter (random weights time the real shapes)."""
     name = getattr(target, "name", "target")
     by_context: dict = {str(ctx): {} for ctx in contexts}
     jobs = [(b, c, ctx) for b in batch_sizes for c in list(candidates) + [name] for ctx in contexts]
@@ -331,15 +356,4 @@ def profile(
         else:
             curve = forward_seconds(model, sizes, b, ctx, repeats)
         by_context[str(ctx)].setdefault(str(b), {})[c] = curve
-    latency = by_context[str(contexts[0])]
-    return {
-        "hardware": hardware(),
-        "dtype": str(target.embed_tokens.dtype).removeprefix("torch."),
-        "target": name,
-        "candidates": list(candidates),
-        "context": contexts[0],
-        "latency": latency,
-        "latency_by_context": by_context,
-        "sampling": {"temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p},
-        **acceptance(target, candidates, prompts, params),
-    }
+    return by_context

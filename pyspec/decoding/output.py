@@ -37,6 +37,8 @@ class TextTracker:
     def add(self, token: int) -> bool:
         """Appends a token; returns True when a stop string was reached."""
         self.tokens.append(token)
+        if self.tokenizer is None:  # a model without a tokenizer (random weights, for timing): ids only
+            return False
         self.text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
         for stop in self.stop_strings:
             at = self.text.find(stop)

@@ -1,0 +1,89 @@
+"""The benchmark suite (``pyspec bench``) on both targets: pyspec against transformers ``generate()``.
+
+1. SmolLM2-135M-Instruct on MT-bench and HumanEval: pyspec ``ar``, ``ngram``, ``plan`` (profiled
+   here first) against HF plain, prompt lookup and assisted generation (pyspec's early-exit draft
+   exported as a transformers model; trained drafts replace it when they exist).
+2. Qwen2.5-Coder-1.5B-Instruct on HumanEval (when installed: ``make qwen``): pyspec ``ar`` and
+   ``ngram`` against HF plain and prompt lookup. Qwen is not profiled (its acceptance replay alone
+   would take ~10 minutes here); its n-gram block is ``--qwen-block``.
+
+Writes ``results/`` (JSON, markdown, plots) and regenerates the README's results section (full run
+only). Every output is checked token for token against its own tool's plain decoding.
+
+    python benchmarks/suite.py            # 16 + 16 SmolLM2 prompts, 6 Qwen prompts, 128 new tokens (~1 h)
+    python benchmarks/suite.py --quick    # 2 + 2 SmolLM2 prompts x 32 tokens, no Qwen (a few minutes)
+    python benchmarks/suite.py --limit 0  # every prompt: 80 + 164 (about 4 hours for SmolLM2 here)
+
+Last line JSON: ``{"speedup_vs_hf_plain": {"smollm2_mtbench", "smollm2_humaneval", "qwen_humaneval"},
+"speedup_vs_hf_pld": {...}, "lossless"}`` (pyspec's ``plan`` mode for SmolLM2, ``ngram`` for Qwen).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import _path  # noqa: F401  (first: keeps benchmarks/planner.py from shadowing the planner package)
+import torch
+
+from pyspec.bench import bench, markdown, write_report
+from pyspec.models.loading import ModelNotFoundError
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 + 2 prompts x 32 tokens, no Qwen")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--limit", type=int, default=None, help="prompts per dataset (0: all; default 16)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default 128 (--quick 32)")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--qwen-limit", type=int, default=6, help="HumanEval prompts for Qwen")
+    parser.add_argument("--qwen-block", type=int, default=8, help="Qwen's n-gram block size")
+    parser.add_argument("--skip-qwen", action="store_true")
+    parser.add_argument("--out", default=None, help="default results/ (--quick: results/quick/)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    limit = (2 if args.quick else 16) if args.limit is None else (args.limit or None)
+    max_new = args.max_new_tokens or (32 if args.quick else 128)
+    out = args.out or ("results/quick" if args.quick else "results")
+    readme = None if args.quick else "README.md"
+
+    reports = [
+        bench(
+            "smollm2-135m-instruct",
+            ["mtbench", "humaneval"],
+            ["ar", "ngram", "plan", "hf", "hf-pld", "hf-assisted"],
+            limit,
+            max_new,
+            args.repeats,
+        )
+    ]
+    write_report(reports[0], out, readme)
+    print(markdown(reports[0]), flush=True)
+    if not (args.quick or args.skip_qwen):
+        try:
+            reports.append(
+                bench(
+                    "qwen2.5-coder-1.5b-instruct",
+                    ["humaneval"],
+                    ["ar", "ngram", "hf", "hf-pld"],
+                    args.qwen_limit,
+                    max_new,
+                    args.repeats,
+                    block=args.qwen_block,
+                )
+            )
+            write_report(reports[-1], out, readme)
+            print(markdown(reports[-1]), flush=True)
+        except ModelNotFoundError as e:
+            print(f"Qwen2.5-Coder-1.5B not measured: {e}")
+    merged = {"speedup_vs_hf_plain": {}, "speedup_vs_hf_pld": {}, "lossless": True}
+    for r in reports:
+        for key in ("speedup_vs_hf_plain", "speedup_vs_hf_pld"):
+            merged[key].update(r["headline"][key])
+        merged["lossless"] &= r["headline"]["lossless"]
+    print(json.dumps(merged))
+
+
+if __name__ == "__main__":
+    main()

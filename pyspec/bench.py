@@ -1,0 +1,667 @@
+"""The benchmark suite behind ``pyspec bench``: pyspec's decoding modes against the tools users have
+today (Hugging Face ``generate()`` plain, with prompt lookup and with assisted generation), on
+MT-bench (80 questions, 8 categories) and HumanEval (164 prompts), every output checked.
+
+Modes (greedy, batch 1, each prompt alone, end to end: prefill included):
+
+- ``ar``: pyspec autoregressive decoding, the baseline of every speed-up and the reference tokens
+  of every pyspec mode;
+- ``ngram``: pyspec with prompt-lookup drafts (``block`` tokens);
+- ``plan``: the configuration :func:`pyspec.plan` chooses on this machine (profiled first, on
+  calibration prompts);
+- ``hf``: ``transformers`` ``generate()``, the reference tokens of the other HF modes;
+- ``hf-pld``: ``generate(prompt_lookup_num_tokens=10)``;
+- ``hf-assisted``: ``generate(assistant_model=...)``; the assistant is ``early:N`` (pyspec's
+  early-exit draft of the target, exported as a ``transformers`` model of the target's first N
+  layers) or another model (different-tokenizer assisted generation).
+
+Modes run interleaved: for each prompt, every mode in turn, the order rotated from prompt to prompt,
+and the whole set ``repeats`` times. Results: tokens/s (new tokens over wall time), speed-up over
+``ar``, MAT, token identity, per dataset and category, median and spread over repeats; written as
+JSON, a markdown table and plots (:func:`write_report`).
+
+Example:
+    >>> from pyspec.bench import pick
+    >>> pick(list(range(80)), 4)
+    [0, 20, 40, 60]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from pyspec.api import drafter_from_plan, encode_prompts, load_model, profile_model
+from pyspec.data import humaneval, mtbench
+from pyspec.decoding.autoregressive import generate_autoregressive
+from pyspec.decoding.hierarchy import build_stack
+from pyspec.decoding.speculative import generate_speculative
+from pyspec.models.llama import LlamaModel
+
+PYSPEC_MODES = ("ar", "ngram", "plan")
+HF_MODES = ("hf", "hf-pld", "hf-assisted")
+DATASETS = {"mtbench": (mtbench, True), "humaneval": (humaneval, False)}  # loader, chat template
+PLD_TOKENS = 10  # transformers' usual prompt_lookup_num_tokens
+README_BEGIN, README_END = "<!-- bench:begin -->", "<!-- bench:end -->"
+MODEL_KEYS = {"smollm2-135m-instruct": "smollm2", "qwen2.5-coder-1.5b-instruct": "qwen"}  # in headline keys
+
+
+@dataclass
+class Item:
+    """One prompt to decode."""
+
+    dataset: str
+    category: str
+    id: str
+    ids: list[int]
+
+
+@dataclass
+class Record:
+    """One mode decoding one prompt once."""
+
+    mode: str
+    dataset: str
+    category: str
+    id: str
+    repeat: int
+    new_tokens: int
+    seconds: float
+    identical: bool
+    mat: float | None = None
+    decode_seconds: float | None = None  # after the first step (pyspec modes): what the planner predicts
+    tokens: list[int] = field(default_factory=list, repr=False)
+
+
+def pick(prompts: list, limit: int | None) -> list:
+    """``limit`` prompts spread evenly over ``prompts`` (so over MT-bench's category blocks); all if None."""
+    if limit is None or limit >= len(prompts):
+        return list(prompts)
+    return [prompts[i * len(prompts) // limit] for i in range(limit)]
+
+
+def select_prompts(model: LlamaModel, datasets: Sequence[str], limit: int | None = None) -> list[Item]:
+    """The prompts of ``datasets`` (``"mtbench"``: chat template; ``"humaneval"``: raw completion),
+    at most ``limit`` per dataset, tokenized for ``model``."""
+    items = []
+    for name in datasets:
+        load, chat = DATASETS[name]
+        prompts = pick(load(), limit)
+        ids = encode_prompts(model, [p.text for p in prompts], chat=chat)
+        items += [Item(name, p.category, p.id, i) for p, i in zip(prompts, ids, strict=True)]
+    return items
+
+
+def check_modes(modes: Sequence[str]) -> None:
+    """Raises ValueError naming any mode the suite does not know."""
+    unknown = set(modes) - set(PYSPEC_MODES) - set(HF_MODES)
+    if unknown:
+        raise ValueError(f"unknown modes {sorted(unknown)}; choose from {PYSPEC_MODES + HF_MODES}")
+
+
+def export_early_exit(folder: str | os.PathLike, num_layers: int):
+    """pyspec's ``early:N`` draft as a ``transformers`` model: the target's first ``num_layers``
+    layers, its final norm and head, loaded from the target's Hugging Face folder."""
+    from transformers import AutoModelForCausalLM
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return AutoModelForCausalLM.from_pretrained(
+            str(folder), dtype=torch.float32, num_hidden_layers=num_layers
+        ).eval()
+
+
+class Modes:
+    """Runs each mode on one prompt: ``run(mode, ids, max_new)`` -> (tokens, seconds, MAT, decode
+    seconds). Models load once, when a mode first needs them."""
+
+    def __init__(
+        self,
+        model: LlamaModel,
+        modes: Sequence[str],
+        block: int = 5,
+        plan=None,
+        assistant: str = "early:20",
+    ) -> None:
+        check_modes(modes)
+        if "plan" in modes and plan is None:
+            raise ValueError("mode 'plan' needs a plan")
+        self.model, self.block, self.plan, self.assistant_spec = model, block, plan, assistant
+        self.eos = list(model.config.eos_token_ids)
+        self._hf = self._assistant = None
+        self._assistant_kw: dict = {}
+
+    def hf(self):
+        """The target as a ``transformers`` model (fp32), from the folder pyspec loaded."""
+        if self._hf is None:
+            from transformers import AutoModelForCausalLM
+
+            self._hf = AutoModelForCausalLM.from_pretrained(
+                str(self.model.folder), dtype=torch.float32
+            ).eval()
+        return self._hf
+
+    def assistant(self):
+        if self._assistant is None:
+            spec = self.assistant_spec
+            if spec.startswith("early:"):
+                self._assistant = export_early_exit(self.model.folder, int(spec.split(":", 1)[1]))
+            else:  # another model: assisted generation across tokenizers
+                from transformers import AutoModelForCausalLM
+
+                other = load_model(spec, progress=False)
+                self._assistant = AutoModelForCausalLM.from_pretrained(
+                    str(other.folder), dtype=torch.float32
+                ).eval()
+                if other.config.vocab_size != self.model.config.vocab_size:
+                    self._assistant_kw = {
+                        "tokenizer": self.model.tokenizer,
+                        "assistant_tokenizer": other.tokenizer,
+                    }
+        return self._assistant
+
+    def run(
+        self, mode: str, ids: list[int], max_new: int
+    ) -> tuple[list[int], float, float | None, float | None]:
+        if mode in PYSPEC_MODES:
+            return self._pyspec(mode, ids, max_new)
+        kw: dict = {}
+        if mode == "hf-pld":
+            kw["prompt_lookup_num_tokens"] = PLD_TOKENS
+        elif mode == "hf-assisted":
+            kw["assistant_model"] = self.assistant()
+            kw.update(self._assistant_kw)
+        hf = self.hf()
+        start = time.perf_counter()
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = hf.generate(
+                torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=max_new,
+                do_sample=False,
+                eos_token_id=self.eos,
+                pad_token_id=self.eos[0],
+                **kw,
+            )
+        seconds = time.perf_counter() - start
+        row = out[0, len(ids) :].tolist()
+        cut = next((i + 1 for i, t in enumerate(row) if t in self.eos), len(row))
+        return row[:cut], seconds, None, None
+
+    def _pyspec(self, mode: str, ids: list[int], max_new: int):
+        if mode == "ar":
+            drafter = None
+        elif mode == "ngram":
+            drafter = build_stack(self.model, ["ngram"], [self.block])
+        else:
+            drafter = drafter_from_plan(self.model, self.plan, 1)
+        start = time.perf_counter()
+        if drafter is None:
+            out = generate_autoregressive(self.model, [ids], max_new)[0]
+        else:
+            out = generate_speculative(self.model, [ids], drafter, max_new)[0]
+        seconds = time.perf_counter() - start
+        rate = out.stats.get("decode_tokens_per_second")
+        decode = (len(out.tokens) - 1) / rate if rate else None
+        return out.tokens, seconds, out.stats.get("mat"), decode
+
+
+def run_suite(
+    modes: Modes,
+    names: Sequence[str],
+    items: Sequence[Item],
+    max_new: int,
+    repeats: int = 1,
+    progress: bool = True,
+) -> list[Record]:
+    """Every mode on every prompt, ``repeats`` times, interleaved (the order rotated per prompt); each
+    output checked against its reference (``ar`` for pyspec modes, ``hf`` for the other HF modes)."""
+    names = list(names)
+    references: dict[tuple[str, str, str], list[int]] = {}
+    records = []
+    bar = tqdm(total=repeats * len(items) * len(names), desc="bench", disable=not progress)
+    for repeat in range(repeats):
+        for i, item in enumerate(items):
+            shift = (i + repeat) % len(names)
+            for name in names[shift:] + names[:shift]:
+                tokens, seconds, mat, decode = modes.run(name, item.ids, max_new)
+                ref_mode = "ar" if name in PYSPEC_MODES else "hf"
+                key = (ref_mode, item.dataset, item.id)
+                if name == ref_mode and key not in references:
+                    references[key] = tokens
+                record = Record(
+                    name, item.dataset, item.category, item.id, repeat, len(tokens), seconds, True
+                )
+                record.mat, record.decode_seconds, record.tokens = mat, decode, tokens
+                records.append(record)  # checked below, once every reference exists
+                bar.update()
+    bar.close()
+    for r in records:
+        ref = references.get(("ar" if r.mode in PYSPEC_MODES else "hf", r.dataset, r.id))
+        r.identical = ref is not None and r.tokens == ref
+    return records
+
+
+def _rate(records: list[Record]) -> float:
+    return sum(r.new_tokens for r in records) / max(sum(r.seconds for r in records), 1e-9)
+
+
+def summarize(records: Sequence[Record], names: Sequence[str]) -> dict:
+    """Per dataset and category (and ``"all"``), per mode: tokens/s (median over repeats, min, max),
+    speed-up over ``ar`` (median over repeats of the ratio of total times; per-prompt median and
+    quartiles), MAT, and whether every output was identical to its reference."""
+    out: dict = {}
+    groups = {(r.dataset, r.category) for r in records} | {(r.dataset, "all") for r in records}
+    for dataset, category in sorted(groups):
+        rows = [r for r in records if r.dataset == dataset and category in ("all", r.category)]
+        repeats = sorted({r.repeat for r in rows})
+        entry = {}
+        for name in names:
+            mine = [r for r in rows if r.mode == name]
+            rates = [_rate([r for r in mine if r.repeat == k]) for k in repeats]
+            ar_rates = [_rate([r for r in rows if r.mode == "ar" and r.repeat == k]) for k in repeats]
+            ar_time = {(r.id, r.repeat): r.seconds for r in rows if r.mode == "ar"}
+            per_prompt = [ar_time[r.id, r.repeat] / r.seconds for r in mine if (r.id, r.repeat) in ar_time]
+            mats = [r.mat for r in mine if r.mat is not None]
+            q = statistics.quantiles(per_prompt, n=4) if len(per_prompt) > 1 else per_prompt * 3
+            entry[name] = {
+                "tokens_per_second": statistics.median(rates),
+                "tokens_per_second_range": [min(rates), max(rates)],
+                "speedup_vs_ar": statistics.median(a / b for a, b in zip(rates, ar_rates, strict=True)),
+                "per_prompt_speedup": {"median": statistics.median(per_prompt), "q1": q[0], "q3": q[-1]},
+                "mat": statistics.fmean(mats) if mats else None,
+                "identical": all(r.identical for r in mine),
+                "prompts": len({r.id for r in mine}),
+            }
+        out.setdefault(dataset, {})[category] = entry
+    return out
+
+
+def headline(summary: dict, model_key: str, ours: str) -> dict:
+    """The figures the issue names: speed-up of pyspec's mode ``ours`` over HF plain and HF prompt
+    lookup per ``<model_key>_<dataset>``, and losslessness."""
+    result: dict = {"speedup_vs_hf_plain": {}, "speedup_vs_hf_pld": {}}
+    for dataset, cats in summary.items():
+        modes = cats["all"]
+        for key, base in (("speedup_vs_hf_plain", "hf"), ("speedup_vs_hf_pld", "hf-pld")):
+            if ours in modes and base in modes:
+                result[key][f"{model_key}_{dataset}"] = round(
+                    modes[ours]["tokens_per_second"] / modes[base]["tokens_per_second"], 3
+                )
+    result["lossless"] = all(m["identical"] for cats in summary.values() for m in cats["all"].values())
+    return result
+
+
+def machine() -> str:
+    """A one-line description of this machine."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def markdown(report: dict) -> str:
+    """The report as markdown: one table per dataset (categories x modes: tokens/s and speed-up over
+    pyspec's autoregressive decoding), MAT and identity."""
+    lines = [
+        f"**{report['model']}** on {report['machine']}, {report['date']}; greedy fp32, batch 1, "
+        f"{report['max_new_tokens']} new tokens, {report['repeats']} repeat(s), modes interleaved"
+        + (f"; plan: `{report['plan']}`" if report.get("plan") else "")
+        + (f"; assistant: `{report['assistant']}`" if "hf-assisted" in report["modes"] else "")
+        + ".",
+        "",
+    ]
+    for dataset, cats in report["summary"].items():
+        names = list(cats["all"])
+        lines += [
+            f"{dataset} ({cats['all'][names[0]]['prompts']} prompts): tokens/s (speed-up over pyspec `ar`)",
+            "",
+            "| category | " + " | ".join(names) + " |",
+            "|---|" + "---:|" * len(names),
+        ]
+        for cat in ["all"] + sorted(c for c in cats if c != "all"):
+            cells = [
+                f"{cats[cat][n]['tokens_per_second']:.1f} ({cats[cat][n]['speedup_vs_ar']:.2f}x)"
+                for n in names
+            ]
+            lines.append(f"| {'**all**' if cat == 'all' else cat} | " + " | ".join(cells) + " |")
+        alls = cats["all"]
+        lines.append(
+            "| MAT | " + " | ".join(f"{alls[n]['mat']:.2f}" if alls[n]["mat"] else "" for n in names) + " |"
+        )
+        lines.append(
+            "| tok/s range | "
+            + " | ".join("{:.1f}-{:.1f}".format(*alls[n]["tokens_per_second_range"]) for n in names)
+            + " |"
+        )
+        lines.append(
+            "| identical | " + " | ".join("yes" if alls[n]["identical"] else "**NO**" for n in names) + " |"
+        )
+        lines.append("")
+    if report.get("hf_agrees_with_ar") is not None:
+        agree, total = report["hf_agrees_with_ar"]
+        lines.append(
+            f"Each pyspec mode is checked against pyspec `ar`, each HF mode against HF `generate()`; "
+            f"the two plain decoders agree on {agree}/{total} prompts (fp32 near-ties can break "
+            "differently in two implementations)."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plots(report: dict, out: Path) -> list[Path]:
+    """Speed-up per category per mode; the target's latency profile; planner prediction against
+    measurement (when a plan was profiled). PNG files in ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    for dataset, cats in report["summary"].items():
+        names = [n for n in cats["all"] if n != "ar"]
+        categories = ["all"] + sorted(c for c in cats if c != "all")
+        fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(categories) + 2), 4))
+        width = 0.8 / max(len(names), 1)
+        for j, name in enumerate(names):
+            xs = [i + (j - (len(names) - 1) / 2) * width for i in range(len(categories))]
+            ax.bar(xs, [cats[c][name]["speedup_vs_ar"] for c in categories], width, label=name)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
+        ax.set_ylabel("speed-up over pyspec ar")
+        ax.set_title(f"{report['model']}: {dataset}")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        files.append(out / f"speedup_{report['model_key']}_{dataset}.png")
+        fig.savefig(files[-1], dpi=110)
+        plt.close(fig)
+    if report.get("latency"):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for label, curve in report["latency"].items():
+            ax.plot(curve["sizes"], [s * 1e3 for s in curve["seconds"]], marker="o", label=label)
+        ax.set_xlabel("tokens verified per step")
+        ax.set_ylabel("ms per step")
+        ax.set_title(f"{report['model']}: latency profile")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        files.append(out / f"latency_{report['model_key']}.png")
+        fig.savefig(files[-1], dpi=110)
+        plt.close(fig)
+    if report.get("predictions"):
+        fig, ax = plt.subplots(figsize=(4.5, 4))
+        pts = report["predictions"]
+        for p in pts:
+            ax.scatter(p["predicted"], p["measured"])
+            ax.annotate(f"{p['mode']} {p['dataset']}", (p["predicted"], p["measured"]), fontsize=7)
+        top = max(max(p["predicted"], p["measured"]) for p in pts) * 1.1
+        ax.plot([0, top], [0, top], color="gray", linewidth=0.8)
+        ax.set_xlabel("planner's prediction (tokens/s, decoding)")
+        ax.set_ylabel("measured (tokens/s, decoding)")
+        ax.set_title("planner prediction against measurement")
+        fig.tight_layout()
+        files.append(out / f"planner_{report['model_key']}.png")
+        fig.savefig(files[-1], dpi=110)
+        plt.close(fig)
+    return files
+
+
+def predictions(records: Sequence[Record], profile: dict, plan, block: int) -> list[dict]:
+    """The planner's predicted decoding tokens/s of each pyspec mode against the measured one (new
+    tokens after the first over the time after the first step), per dataset."""
+    from planner.plan import predict
+
+    choice = plan.for_batch(1)
+    configs = {"ar": ([], None), "ngram": ([("ngram", block)], None), "plan": (choice.levels, choice.tree)}
+    out = []
+    for dataset in sorted({r.dataset for r in records}):
+        for mode, (levels, tree) in configs.items():
+            mine = [r for r in records if r.dataset == dataset and r.mode == mode and r.decode_seconds]
+            if not mine:
+                continue
+            measured = sum(r.new_tokens - 1 for r in mine) / sum(r.decode_seconds for r in mine)
+            out.append(
+                {
+                    "mode": mode,
+                    "dataset": dataset,
+                    "predicted": 1.0 / predict(profile, 1, levels, tree),
+                    "measured": measured,
+                }
+            )
+    return out
+
+
+def bench(
+    model: str | LlamaModel = "smollm2-135m-instruct",
+    datasets: Sequence[str] = ("mtbench", "humaneval"),
+    modes: Sequence[str] = PYSPEC_MODES + HF_MODES,
+    limit: int | None = None,
+    max_new_tokens: int = 128,
+    repeats: int = 1,
+    block: int = 5,
+    assistant: str = "early:20",
+    calibration_prompts: int = 4,
+    profile: dict | None = None,
+    progress: bool = True,
+) -> dict:
+    """Runs the suite (see the module docstring) and returns the report: settings, machine, date,
+    summary per dataset/category/mode, headline figures, per-run records. Mode ``plan`` profiles
+    the target on ``calibration_prompts`` MT-bench and HumanEval prompts held out of the benchmark
+    splits (:func:`pyspec.profile_model`), unless a ``profile`` (from ``pyspec profile``) is given.
+
+    Example:
+        >>> report = bench("smollm2-135m-instruct", ["mtbench"], ["ar", "hf"], limit=8)  # doctest: +SKIP
+        >>> report["summary"]["mtbench"]["all"]["hf"]["speedup_vs_ar"]  # doctest: +SKIP
+    """
+    check_modes(modes)
+    for name in datasets:
+        if name not in DATASETS:
+            raise ValueError(f"unknown dataset {name!r}; choose from {sorted(DATASETS)}")
+    target = load_model(model, progress=progress) if isinstance(model, str) else model
+    names = list(dict.fromkeys(["ar"] + [m for m in modes if m != "ar"]))
+    if any(m in HF_MODES for m in names) and "hf" not in names:
+        names.insert(names.index(next(m for m in names if m in HF_MODES)), "hf")
+    items = select_prompts(target, datasets, limit)
+    plan = None
+    if "plan" in names:
+        from planner.plan import make_plan
+
+        if profile is None:
+            profile = profile_model(target, ["ngram"], calibration_prompts=calibration_prompts)
+        plan = make_plan(profile, max_block=16)
+    runner = Modes(target, names, block, plan, assistant)
+    records = run_suite(runner, names, items, max_new_tokens, repeats, progress)
+    summary = summarize(records, names)
+    name = getattr(target, "name", str(model))
+    model_key = MODEL_KEYS.get(name, name.split("-")[0].lower())
+    report = {
+        "model": name,
+        "model_key": model_key,
+        "machine": machine(),
+        "date": date.today().isoformat(),
+        "datasets": list(datasets),
+        "modes": names,
+        "max_new_tokens": max_new_tokens,
+        "repeats": repeats,
+        "block": block,
+        "assistant": assistant,
+        "plan": plan.for_batch(1).label if plan else None,
+        "summary": summary,
+        "headline": headline(summary, model_key, "plan" if "plan" in names else "ngram"),
+        "records": [{k: v for k, v in asdict(r).items() if k != "tokens"} for r in records],
+    }
+    if "hf" in names:
+        ids = {(r.dataset, r.id) for r in records}
+        first = {(r.mode, r.dataset, r.id): r.tokens for r in records if r.repeat == 0}
+        agree = sum(first["hf", d, i] == first["ar", d, i] for d, i in ids)
+        report["hf_agrees_with_ar"] = [agree, len(ids)]
+    if plan is not None:
+        report["latency"] = {
+            f"target, batch {b}": curve[profile["target"]] for b, curve in profile["latency"].items()
+        }
+        report["predictions"] = predictions(records, profile, plan, block)
+    return report
+
+
+def estimate(
+    acceptance_profile: dict,
+    device: str | None = None,
+    batch_sizes: Sequence[int] = (1,),
+    block: int = 5,
+    sizes: Sequence[int] | None = None,
+    contexts: Sequence[int] = (256, 1024),
+    repeats: int = 5,
+) -> dict:
+    """Estimated decoding speed on a machine that cannot install the weights (a GPU without network
+    access): latency of the target's real shapes with random weights on ``device`` (default: CUDA
+    when present), combined with the acceptance in ``acceptance_profile`` (a ``pyspec profile``
+    made with the real weights elsewhere). Predicted tokens/s per sequence of plain decoding, n-gram
+    drafts of ``block`` and the plan, per batch size; labelled as estimates.
+
+    Example:
+        >>> est = estimate(json.load(open("profile.json")), "cuda", [1, 8])  # doctest: +SKIP
+        >>> print(estimate_markdown(est))  # doctest: +SKIP
+    """
+    from planner.plan import make_plan, predict
+    from pyspec.models.shapes import random_model
+    from pyspec.profile import DEFAULT_SIZES, hardware, latency
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    target = random_model(acceptance_profile["target"], device)
+    by_context = latency(
+        target, acceptance_profile["candidates"], batch_sizes, sizes or DEFAULT_SIZES, contexts, repeats
+    )
+    profile = {
+        **acceptance_profile,
+        "hardware": hardware(),
+        "dtype": "float32",
+        "context": contexts[0],
+        "latency": by_context[str(contexts[0])],
+        "latency_by_context": by_context,
+    }
+    plan = make_plan(profile, max_block=16)
+    rows = []
+    for b in batch_sizes:
+        choice = plan.for_batch(b)
+        configs = {
+            "ar": ([], None),
+            f"ngram:{block}": ([("ngram", block)], None),
+            f"plan ({choice.label})": (choice.levels, choice.tree),
+        }
+        plain = predict(profile, b, [], None)
+        for mode, (levels, tree) in configs.items():
+            seconds = predict(profile, b, levels, tree)
+            rows.append(
+                {
+                    "batch": b,
+                    "mode": mode,
+                    "tokens_per_second": 1.0 / seconds,
+                    "speedup_vs_ar": plain / seconds,
+                }
+            )
+    here, elsewhere = hardware(), acceptance_profile.get("hardware", {})
+    return {
+        "estimated": True,
+        "model": acceptance_profile["target"],
+        "latency_source": f"random weights of the real shapes on {here['gpu'] or here['cpu']}",
+        "acceptance_source": f"real weights on {elsewhere.get('gpu') or elsewhere.get('cpu', 'unknown')}",
+        "date": date.today().isoformat(),
+        "rows": rows,
+        "profile": profile,
+    }
+
+
+def estimate_markdown(est: dict) -> str:
+    """An estimate from :func:`estimate` as a markdown table, labelled as such."""
+    lines = [
+        f"**ESTIMATED, not measured end to end** ({est['date']}): {est['model']}; latency from "
+        f"{est['latency_source']}; acceptance from {est['acceptance_source']}.",
+        "",
+        "| batch | mode | predicted tokens/s per sequence | speed-up over ar |",
+        "|---:|---|---:|---:|",
+    ]
+    for r in est["rows"]:
+        lines.append(
+            f"| {r['batch']} | {r['mode']} | {r['tokens_per_second']:.1f} | {r['speedup_vs_ar']:.2f}x |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict, out: str | os.PathLike, readme: str | os.PathLike | None = None) -> list[Path]:
+    """Writes ``bench_<model>.json``, ``bench_<model>.md`` and the plots into ``out``; with ``readme``,
+    regenerates its results section (between ``<!-- bench:begin -->`` and ``<!-- bench:end -->``)
+    from every ``bench_*.md`` in ``out``. Returns the files written."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    key = report["model_key"]
+    files = [out / f"bench_{key}.json", out / f"bench_{key}.md"]
+    files[0].write_text(json.dumps(report, indent=1) + "\n")
+    files[1].write_text(markdown(report))
+    files += plots(report, out)
+    if readme is not None:
+        update_readme(Path(readme), out)
+        files.append(Path(readme))
+    return files
+
+
+def update_readme(readme: Path, out: Path) -> None:
+    """Replaces the README's results section with the latest reports in ``out`` and links the plots."""
+    text = readme.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        raise ValueError(f"{readme} has no {README_BEGIN} ... {README_END} section to fill")
+    parts = [f"Generated by `pyspec bench` from `{out}/bench_*.json`; do not edit by hand.", ""]
+    for md in sorted(out.glob("bench_*.md")):
+        parts.append(md.read_text())
+    pngs = sorted(out.glob("*.png"))
+    if pngs:
+        parts.append("Plots: " + ", ".join(f"[{p.stem}]({p.as_posix()})" for p in pngs) + ".")
+    head, rest = text.split(README_BEGIN, 1)
+    tail = rest.split(README_END, 1)[1]
+    readme.write_text(head + README_BEGIN + "\n" + "\n".join(parts) + "\n" + README_END + tail)
+
+
+def run_cli(args) -> int:
+    """``pyspec bench``: see :func:`bench` (or :func:`estimate` with ``--random-weights``); prints the
+    tables, writes the report, last line JSON."""
+    profile = json.loads(Path(args.profile).read_text()) if args.profile else None
+    if args.random_weights:
+        if profile is None:
+            raise ValueError("--random-weights needs --profile: acceptance measured with the real weights")
+        est = estimate(profile, args.device, args.batch_sizes, args.block)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "estimate.json").write_text(json.dumps(est, indent=1) + "\n")
+        (out / "estimate.md").write_text(estimate_markdown(est))
+        print(estimate_markdown(est))
+        print(json.dumps({"estimated": True, "rows": est["rows"]}))
+        return 0
+    report = bench(
+        args.model,
+        args.datasets,
+        args.modes,
+        args.limit,
+        args.max_new_tokens,
+        args.repeats,
+        args.block,
+        args.assistant,
+        profile=profile,
+    )
+    write_report(report, args.out, args.readme)
+    print(markdown(report))
+    print(json.dumps(report["headline"]))
+    return 0

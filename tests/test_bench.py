@@ -1,0 +1,134 @@
+"""The benchmark suite (`pyspec bench`) on real SmolLM2 and transformers: every mode runs, outputs are
+checked, the report (JSON, markdown, plots, README section) is written, and bad input fails clearly."""
+
+import json
+
+import pytest
+
+import pyspec
+from pyspec import bench as suite
+from pyspec.cli import main
+from pyspec.profile import hardware
+
+MODES = ["ar", "ngram", "plan", "hf", "hf-pld", "hf-assisted"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return pyspec.load_model("smollm2-135m-instruct", progress=False)
+
+
+@pytest.fixture(scope="module")
+def profile(model):
+    """A hand-written profile (no timing here): verifying up to 8 tokens costs one pass, prompt lookup
+    is free and right half the time, so the plan speculates with n-gram drafts."""
+    flat = {"sizes": [1, 8], "seconds": [0.05, 0.05]}
+    return {
+        "hardware": hardware(),
+        "dtype": "float32",
+        "target": model.name,
+        "candidates": ["ngram"],
+        "alpha": [[1.0, 0.5], [0.0, 1.0]],
+        "latency": {"1": {"ngram": {"sizes": [1], "seconds": [0.0]}, model.name: flat}},
+    }
+
+
+@pytest.fixture(scope="module")
+def report(model, profile):
+    return suite.bench(
+        model,
+        ["mtbench", "humaneval"],
+        MODES,
+        limit=1,
+        max_new_tokens=12,
+        assistant="early:6",
+        profile=profile,
+    )
+
+
+def test_every_mode_runs_on_every_prompt_and_matches_its_reference(report):
+    assert report["plan"].startswith("ngram")
+    for dataset in ("mtbench", "humaneval"):
+        modes = report["summary"][dataset]["all"]
+        assert list(modes) == MODES
+        for name, m in modes.items():
+            assert m["identical"], name
+            assert m["tokens_per_second"] > 0 and m["prompts"] == 1
+        assert modes["ar"]["speedup_vs_ar"] == pytest.approx(1.0)
+        assert modes["ngram"]["mat"] >= 1.0 and modes["hf"]["mat"] is None
+    assert report["summary"]["mtbench"].keys() == {"all", "writing"}  # the first MT-bench question
+    assert len(report["records"]) == 2 * len(MODES)
+    head = report["headline"]
+    assert head["lossless"] is True
+    assert set(head["speedup_vs_hf_plain"]) == {"smollm2_mtbench", "smollm2_humaneval"}
+    assert report["hf_agrees_with_ar"][1] == 2
+    assert {p["mode"] for p in report["predictions"]} == {"ar", "ngram", "plan"}
+
+
+def test_report_files_and_readme_section(report, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- bench:begin -->\nold\n<!-- bench:end -->\n\nafter\n")
+    files = suite.write_report(report, tmp_path / "results", readme)
+    names = {f.name for f in files}
+    assert {"bench_smollm2.json", "bench_smollm2.md", "README.md"} <= names
+    assert {"speedup_smollm2_mtbench.png", "latency_smollm2.png", "planner_smollm2.png"} <= names
+    assert all(f.stat().st_size > 0 for f in files)
+    assert json.loads((tmp_path / "results" / "bench_smollm2.json").read_text())["headline"]["lossless"]
+    text = readme.read_text()
+    assert "old" not in text and text.endswith("after\n") and "| **all** |" in text
+    assert report["machine"] in text and report["date"] in text
+    readme.write_text("no section")
+    with pytest.raises(ValueError, match="bench:begin"):
+        suite.update_readme(readme, tmp_path / "results")
+
+
+def test_a_wrong_output_is_reported(model, monkeypatch):
+    """The identity check can fail: an n-gram run that loses its last token is flagged."""
+    real = suite.Modes.run
+
+    def broken(self, mode, ids, max_new):
+        tokens, *rest = real(self, mode, ids, max_new)
+        return (tokens[:-1] if mode == "ngram" else tokens), *rest
+
+    monkeypatch.setattr(suite.Modes, "run", broken)
+    report = suite.bench(model, ["humaneval"], ["ar", "ngram"], limit=1, max_new_tokens=6)
+    assert not report["summary"]["humaneval"]["all"]["ngram"]["identical"]
+    assert report["headline"]["lossless"] is False
+
+
+def test_bad_input_fails_clearly(model):
+    with pytest.raises(ValueError, match="unknown modes"):
+        suite.bench(model, ["mtbench"], ["ar", "vllm"], limit=1)
+    with pytest.raises(ValueError, match="unknown dataset"):
+        suite.bench(model, ["gsm8k"], ["ar"], limit=1)
+    assert main(["bench", "--model", "/no/such/model", "--modes", "ar"]) == 2
+
+
+def test_pick_spreads_over_categories():
+    assert suite.pick(list(range(10)), None) == list(range(10))
+    assert suite.pick(list(range(80)), 8) == list(range(0, 80, 10))  # one per MT-bench category
+
+
+def test_stored_shapes_are_the_checkpoints():
+    from pyspec.models.loading import ModelNotFoundError, load_config, resolve
+    from pyspec.models.shapes import SHAPES
+
+    assert SHAPES["smollm2-135m-instruct"] == load_config(resolve("smollm2-135m-instruct", progress=False))
+    try:
+        folder = resolve("qwen2.5-coder-1.5b-instruct", progress=False)
+    except ModelNotFoundError:
+        pytest.skip("Qwen2.5-Coder-1.5B is not installed (make qwen)")
+    assert SHAPES["qwen2.5-coder-1.5b-instruct"] == load_config(folder)
+
+
+def test_random_weight_estimate_is_labelled_and_uses_the_given_acceptance(profile, tmp_path, capsys):
+    """Latency from the real shapes with random weights (here on the CPU), acceptance from the
+    profile: the plan speculates, and the report says these are estimates."""
+    est = suite.estimate(profile, "cpu", [1], block=4, sizes=(1, 2, 4), contexts=(32,), repeats=1)
+    assert est["estimated"] and "random weights" in est["latency_source"]
+    modes = {r["mode"]: r for r in est["rows"]}
+    assert set(modes) == {"ar", "ngram:4", next(m for m in modes if m.startswith("plan"))}
+    assert modes["ar"]["speedup_vs_ar"] == pytest.approx(1.0)
+    assert "ESTIMATED" in suite.estimate_markdown(est)
+    assert main(["bench", "--random-weights", "--out", str(tmp_path)]) == 2  # no acceptance given
+    assert "--profile" in capsys.readouterr().err
