@@ -9,6 +9,7 @@ import pyspec
 from pyspec import bench as suite
 from pyspec.cli import main
 from pyspec.profile import hardware
+from pyspec.report import update_readme
 
 MODES = ["ar", "ngram", "plan", "hf", "hf-pld", "hf-assisted"]
 
@@ -79,7 +80,7 @@ def test_report_files_and_readme_section(report, tmp_path):
     assert report["machine"] in text and report["date"] in text
     readme.write_text("no section")
     with pytest.raises(ValueError, match="bench:begin"):
-        suite.update_readme(readme, tmp_path / "results")
+        update_readme(readme, tmp_path / "results")
 
 
 def test_a_wrong_output_is_reported(model, monkeypatch):

@@ -1,0 +1,147 @@
+"""The benchmark suite's report (:mod:`pyspec.bench`): markdown tables, matplotlib plots, the JSON file
+and the README's generated results section."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+README_BEGIN, README_END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def markdown(report: dict) -> str:
+    """The report as markdown: one table per dataset (categories x modes: tokens/s and speed-up over
+    pyspec's autoregressive decoding), MAT and identity."""
+    lines = [
+        f"**{report['model']}** on {report['machine']}, {report['date']}; greedy fp32, batch 1, "
+        f"{report['max_new_tokens']} new tokens, {report['repeats']} repeat(s), modes interleaved"
+        + (f"; plan: `{report['plan']}`" if report.get("plan") else "")
+        + (f"; assistant: `{report['assistant']}`" if "hf-assisted" in report["modes"] else "")
+        + ".",
+        "",
+    ]
+    for dataset, cats in report["summary"].items():
+        names = list(cats["all"])
+        lines += [
+            f"{dataset} ({cats['all'][names[0]]['prompts']} prompts): tokens/s (speed-up over pyspec `ar`)",
+            "",
+            "| category | " + " | ".join(names) + " |",
+            "|---|" + "---:|" * len(names),
+        ]
+        for cat in ["all"] + sorted(c for c in cats if c != "all"):
+            cells = [
+                f"{cats[cat][n]['tokens_per_second']:.1f} ({cats[cat][n]['speedup_vs_ar']:.2f}x)"
+                for n in names
+            ]
+            lines.append(f"| {'**all**' if cat == 'all' else cat} | " + " | ".join(cells) + " |")
+        alls = cats["all"]
+        lines.append(
+            "| MAT | " + " | ".join(f"{alls[n]['mat']:.2f}" if alls[n]["mat"] else "" for n in names) + " |"
+        )
+        lines.append(
+            "| tok/s range | "
+            + " | ".join("{:.1f}-{:.1f}".format(*alls[n]["tokens_per_second_range"]) for n in names)
+            + " |"
+        )
+        lines.append(
+            "| identical | " + " | ".join("yes" if alls[n]["identical"] else "**NO**" for n in names) + " |"
+        )
+        lines.append("")
+    if report.get("hf_agrees_with_ar") is not None:
+        agree, total = report["hf_agrees_with_ar"]
+        lines.append(
+            f"Each pyspec mode is checked against pyspec `ar`, each HF mode against HF `generate()`; "
+            f"the two plain decoders agree on {agree}/{total} prompts (fp32 near-ties can break "
+            "differently in two implementations)."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plots(report: dict, out: Path) -> list[Path]:
+    """Speed-up per category per mode; the target's latency profile; planner prediction against
+    measurement (when a plan was profiled). PNG files in ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    for dataset, cats in report["summary"].items():
+        names = [n for n in cats["all"] if n != "ar"]
+        categories = ["all"] + sorted(c for c in cats if c != "all")
+        fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(categories) + 2), 4))
+        width = 0.8 / max(len(names), 1)
+        for j, name in enumerate(names):
+            xs = [i + (j - (len(names) - 1) / 2) * width for i in range(len(categories))]
+            ax.bar(xs, [cats[c][name]["speedup_vs_ar"] for c in categories], width, label=name)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
+        ax.set_ylabel("speed-up over pyspec ar")
+        ax.set_title(f"{report['model']}: {dataset}")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        files.append(out / f"speedup_{report['model_key']}_{dataset}.png")
+        fig.savefig(files[-1], dpi=110)
+        plt.close(fig)
+    if report.get("latency"):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for label, curve in report["latency"].items():
+            ax.plot(curve["sizes"], [s * 1e3 for s in curve["seconds"]], marker="o", label=label)
+        ax.set_xlabel("tokens verified per step")
+        ax.set_ylabel("ms per step")
+        ax.set_title(f"{report['model']}: latency profile")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        files.append(out / f"latency_{report['model_key']}.png")
+        fig.savefig(files[-1], dpi=110)
+        plt.close(fig)
+    if report.get("predictions"):
+        fig, ax = plt.subplots(figsize=(4.5, 4))
+        pts = report["predictions"]
+        for p in pts:
+            ax.scatter(p["predicted"], p["measured"])
+            ax.annotate(f"{p['mode']} {p['dataset']}", (p["predicted"], p["measured"]), fontsize=7)
+        top = max(max(p["predicted"], p["measured"]) for p in pts) * 1.1
+        ax.plot([0, top], [0, top], color="gray", linewidth=0.8)
+        ax.set_xlabel("planner's prediction (tokens/s, decoding)")
+        ax.set_ylabel("measured (tokens/s, decoding)")
+        ax.set_title("planner prediction against measurement")
+        fig.tight_layout()
+        files.append(out / f"planner_{report['model_key']}.png")
+        fig.savefig(files[-1], dpi=110)
+        plt.close(fig)
+    return files
+
+
+def write_report(report: dict, out: str | os.PathLike, readme: str | os.PathLike | None = None) -> list[Path]:
+    """Writes ``bench_<model>.json``, ``bench_<model>.md`` and the plots into ``out``; with ``readme``,
+    regenerates its results section (between ``<!-- bench:begin -->`` and ``<!-- bench:end -->``)
+    from every ``bench_*.md`` in ``out``. Returns the files written."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    key = report["model_key"]
+    files = [out / f"bench_{key}.json", out / f"bench_{key}.md"]
+    files[0].write_text(json.dumps(report, indent=1) + "\n")
+    files[1].write_text(markdown(report))
+    files += plots(report, out)
+    if readme is not None:
+        update_readme(Path(readme), out)
+        files.append(Path(readme))
+    return files
+
+
+def update_readme(readme: Path, out: Path) -> None:
+    """Replaces the README's results section with the latest reports in ``out`` and links the plots."""
+    text = readme.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        raise ValueError(f"{readme} has no {README_BEGIN} ... {README_END} section to fill")
+    parts = [f"Generated by `pyspec bench` from `{out}/bench_*.json`; do not edit by hand.", ""]
+    for md in sorted(out.glob("bench_*.md")):
+        parts.append(md.read_text())
+    pngs = sorted(out.glob("*.png"))
+    if pngs:
+        parts.append("Plots: " + ", ".join(f"[{p.stem}]({p.as_posix()})" for p in pngs) + ".")
+    head, rest = text.split(README_BEGIN, 1)
+    tail = rest.split(README_END, 1)[1]
+    readme.write_text(head + README_BEGIN + "\n" + "\n".join(parts) + "\n" + README_END + tail)
