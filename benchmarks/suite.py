@@ -10,7 +10,7 @@
 Writes ``results/`` (JSON, markdown, plots) and regenerates the README's results section (full run
 only). Every output is checked token for token against its own tool's plain decoding.
 
-    python benchmarks/suite.py            # 16 + 16 SmolLM2 prompts, 6 Qwen prompts, 128 new tokens (~1 h)
+    python benchmarks/suite.py            # 12 + 12 SmolLM2 prompts, 5 Qwen prompts, 128 new tokens (~70 min)
     python benchmarks/suite.py --quick    # 2 + 2 SmolLM2 prompts x 32 tokens, no Qwen (a few minutes)
     python benchmarks/suite.py --limit 0  # every prompt: 80 + 164 (about 4 hours for SmolLM2 here)
 
@@ -34,16 +34,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 + 2 prompts x 32 tokens, no Qwen")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--limit", type=int, default=None, help="prompts per dataset (0: all; default 16)")
+    parser.add_argument("--limit", type=int, default=None, help="prompts per dataset (0: all; default 12)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default 128 (--quick 32)")
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--qwen-limit", type=int, default=6, help="HumanEval prompts for Qwen")
+    parser.add_argument("--qwen-limit", type=int, default=5, help="HumanEval prompts for Qwen")
+    parser.add_argument(
+        "--assistant", default="early:6", help="HF assisted generation's draft (default early:6)"
+    )
     parser.add_argument("--qwen-block", type=int, default=8, help="Qwen's n-gram block size")
     parser.add_argument("--skip-qwen", action="store_true")
     parser.add_argument("--out", default=None, help="default results/ (--quick: results/quick/)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    limit = (2 if args.quick else 16) if args.limit is None else (args.limit or None)
+    limit = (2 if args.quick else 12) if args.limit is None else (args.limit or None)
     max_new = args.max_new_tokens or (32 if args.quick else 128)
     out = args.out or ("results/quick" if args.quick else "results")
     readme = None if args.quick else "README.md"
@@ -56,6 +59,7 @@ def main() -> None:
             limit,
             max_new,
             args.repeats,
+            assistant=args.assistant,
         )
     ]
     write_report(reports[0], out, readme)
