@@ -10,7 +10,7 @@
 Writes ``results/`` (JSON, markdown, plots) and regenerates the README's results section (full run
 only). Every output is checked token for token against its own tool's plain decoding.
 
-    python benchmarks/suite.py            # 12 + 12 SmolLM2 prompts, 5 Qwen prompts, 128 new tokens (~70 min)
+    python benchmarks/suite.py            # 12 + 12 SmolLM2 prompts, 5 Qwen prompts, 128 new tokens (~1 h)
     python benchmarks/suite.py --quick    # 2 + 2 SmolLM2 prompts x 32 tokens, no Qwen (a few minutes)
     python benchmarks/suite.py --limit 0  # every prompt: 80 + 164 (about 4 hours for SmolLM2 here)
 
@@ -26,8 +26,9 @@ import json
 import _path  # noqa: F401  (first: keeps benchmarks/planner.py from shadowing the planner package)
 import torch
 
-from pyspec.bench import bench, markdown, write_report
+from pyspec.bench import bench
 from pyspec.models.loading import ModelNotFoundError
+from pyspec.report import markdown, write_report
 
 
 def main() -> None:
@@ -38,10 +39,10 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default 128 (--quick 32)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--qwen-limit", type=int, default=5, help="HumanEval prompts for Qwen")
+    parser.add_argument("--qwen-block", type=int, default=8, help="Qwen's n-gram block size")
     parser.add_argument(
         "--assistant", default="early:6", help="HF assisted generation's draft (default early:6)"
     )
-    parser.add_argument("--qwen-block", type=int, default=8, help="Qwen's n-gram block size")
     parser.add_argument("--skip-qwen", action="store_true")
     parser.add_argument("--out", default=None, help="default results/ (--quick: results/quick/)")
     args = parser.parse_args()

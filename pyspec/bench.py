@@ -48,7 +48,7 @@ from pyspec.decoding.autoregressive import generate_autoregressive
 from pyspec.decoding.hierarchy import build_stack
 from pyspec.decoding.speculative import generate_speculative
 from pyspec.models.llama import LlamaModel
-from pyspec.report import markdown, write_report  # noqa: F401  (re-exported: the suite's report)
+from pyspec.report import markdown, write_report
 
 PYSPEC_MODES = ("ar", "ngram", "plan")
 HF_MODES = ("hf", "hf-pld", "hf-assisted")

@@ -66,6 +66,12 @@ def plots(report: dict, out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def save(fig, path: Path) -> Path:
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path
+
     files = []
     for dataset, cats in report["summary"].items():
         names = [n for n in cats["all"] if n != "ar"]
@@ -80,10 +86,7 @@ def plots(report: dict, out: Path) -> list[Path]:
         ax.set_ylabel("speed-up over pyspec ar")
         ax.set_title(f"{report['model']}: {dataset}")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        files.append(out / f"speedup_{report['model_key']}_{dataset}.png")
-        fig.savefig(files[-1], dpi=110)
-        plt.close(fig)
+        files.append(save(fig, out / f"speedup_{report['model_key']}_{dataset}.png"))
     if report.get("latency"):
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for label, curve in report["latency"].items():
@@ -92,10 +95,7 @@ def plots(report: dict, out: Path) -> list[Path]:
         ax.set_ylabel("ms per step")
         ax.set_title(f"{report['model']}: latency profile")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        files.append(out / f"latency_{report['model_key']}.png")
-        fig.savefig(files[-1], dpi=110)
-        plt.close(fig)
+        files.append(save(fig, out / f"latency_{report['model_key']}.png"))
     if report.get("predictions"):
         fig, ax = plt.subplots(figsize=(4.5, 4))
         pts = report["predictions"]
@@ -107,10 +107,7 @@ def plots(report: dict, out: Path) -> list[Path]:
         ax.set_xlabel("planner's prediction (tokens/s, decoding)")
         ax.set_ylabel("measured (tokens/s, decoding)")
         ax.set_title("planner prediction against measurement")
-        fig.tight_layout()
-        files.append(out / f"planner_{report['model_key']}.png")
-        fig.savefig(files[-1], dpi=110)
-        plt.close(fig)
+        files.append(save(fig, out / f"planner_{report['model_key']}.png"))
     return files
 
 

@@ -9,7 +9,7 @@ import pyspec
 from pyspec import bench as suite
 from pyspec.cli import main
 from pyspec.profile import hardware
-from pyspec.report import update_readme
+from pyspec.report import update_readme, write_report
 
 MODES = ["ar", "ngram", "plan", "hf", "hf-pld", "hf-assisted"]
 
@@ -69,7 +69,7 @@ def test_every_mode_runs_on_every_prompt_and_matches_its_reference(report):
 def test_report_files_and_readme_section(report, tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("# x\n\n<!-- bench:begin -->\nold\n<!-- bench:end -->\n\nafter\n")
-    files = suite.write_report(report, tmp_path / "results", readme)
+    files = write_report(report, tmp_path / "results", readme)
     names = {f.name for f in files}
     assert {"bench_smollm2.json", "bench_smollm2.md", "README.md"} <= names
     assert {"speedup_smollm2_mtbench.png", "latency_smollm2.png", "planner_smollm2.png"} <= names
