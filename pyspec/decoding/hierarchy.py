@@ -6,7 +6,8 @@ pass of its model (exact acceptance, q = the lower level's distributions), appen
 tokens and the recovered or bonus token, and repeats until it holds ``block_size`` tokens; it returns
 exactly ``block_size`` of them with its own model's distributions, so the level above verifies them
 exactly. Each level keeps its own KV cache and rolls back what the level above rejected
-(:meth:`ModelRunner.sync`).
+(:meth:`ModelRunner.sync`). Levels of different tokenizers are joined by
+:class:`~pyspec.drafters.cross.CrossTokenizerDrafter` (n-gram -> SmolLM2 -> Qwen, say).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 
 from pyspec.decoding.verifier import Verifier
 from pyspec.drafters.base import Draft, Drafter
+from pyspec.drafters.cross import CrossTokenizerDrafter
 from pyspec.drafters.model import ModelDrafter, TreeShape
 from pyspec.drafters.ngram import NgramDrafter
 from pyspec.models.llama import LlamaModel
@@ -131,17 +133,25 @@ class HierarchyLevel(Drafter):
         return Draft(tokens, parents, torch.stack(rows) if rows else None)
 
 
-def check_vocabulary(draft: LlamaModel, target: LlamaModel) -> None:
-    """Raises ValueError unless ``draft`` and ``target`` share one vocabulary (size and token ids)."""
-    dn, tn = getattr(draft, "name", "draft"), getattr(target, "name", "target")
+def same_vocabulary(draft: LlamaModel, target: LlamaModel) -> bool:
+    """Whether ``draft`` and ``target`` share one vocabulary (size and token ids)."""
     if draft.config.vocab_size != target.config.vocab_size:
+        return False
+    dt, tt = getattr(draft, "tokenizer", None), getattr(target, "tokenizer", None)
+    return dt is None or tt is None or dt is tt or dt.get_vocab() == tt.get_vocab()
+
+
+def check_vocabulary(draft: LlamaModel, target: LlamaModel) -> None:
+    """Raises ValueError unless ``draft``'s tokens can reach ``target``: one shared vocabulary, or two
+    tokenizers to re-tokenize through (:class:`CrossTokenizerDrafter`)."""
+    if same_vocabulary(draft, target):
+        return
+    dn, tn = getattr(draft, "name", "draft"), getattr(target, "name", "target")
+    if getattr(draft, "tokenizer", None) is None or getattr(target, "tokenizer", None) is None:
         raise ValueError(
             f"draft {dn!r} has a vocabulary of {draft.config.vocab_size} tokens but the target {tn!r} has "
-            f"{target.config.vocab_size}: a draft must share the target's tokenizer"
+            f"{target.config.vocab_size}, and without both tokenizers its drafts cannot be re-tokenized"
         )
-    dt, tt = getattr(draft, "tokenizer", None), getattr(target, "tokenizer", None)
-    if dt is not None and tt is not None and dt is not tt and dt.get_vocab() != tt.get_vocab():
-        raise ValueError(f"draft {dn!r} and target {tn!r} have different tokenizers (same size, other ids)")
 
 
 def build_stack(
@@ -157,6 +167,8 @@ def build_stack(
     proposes a tree instead of a chain. A single draft model expands any :class:`TreeShape` (per-depth
     widths ``[3, 2, 1]`` mean :meth:`TreeShape.branching`); the top level of a stack takes widths only,
     its held chain plus ``widths[d] - 1`` sibling candidates at depth d (see :class:`HierarchyLevel`).
+    A draft with another tokenizer than the level above it (or the target) has its proposals
+    re-tokenized (:class:`CrossTokenizerDrafter`), as chains of deterministic candidates.
 
     Example:
         >>> build_stack(target, ["ngram", target.first_layers(8)], [4, 6])  # doctest: +SKIP
@@ -173,6 +185,7 @@ def build_stack(
     if tree is not None and len(drafts) == 1 and not isinstance(tree, TreeShape):
         tree = TreeShape.branching(list(tree))
     stack: Drafter | None = None
+    below: LlamaModel | None = None  # the model whose ids the stack proposes in (None: n-gram only)
     for level, (draft, block) in enumerate(zip(drafts, block_sizes, strict=True)):
         if isinstance(draft, str):
             if draft != "ngram":
@@ -190,5 +203,13 @@ def build_stack(
         if stack is None:
             stack = ModelDrafter(draft, block, tree if top else None, tree_sampling)
         else:
+            if below is not None and not same_vocabulary(below, draft):
+                check_vocabulary(below, draft)
+                stack = CrossTokenizerDrafter(stack, below.tokenizer, draft.tokenizer)
             stack = HierarchyLevel(stack, draft, block, tree if top else None)
+        below = draft
+    if below is not None and not same_vocabulary(below, target):
+        if tree is not None:
+            raise ValueError("drafts re-tokenized for the target are chains: no tree with another tokenizer")
+        stack = CrossTokenizerDrafter(stack, below.tokenizer, target.tokenizer)
     return stack
