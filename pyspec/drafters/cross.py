@@ -39,7 +39,8 @@ class CrossTokenizerDrafter(Drafter):
     Example:
         >>> small = load_model("smollm2-135m-instruct")  # doctest: +SKIP
         >>> big = load_model("qwen2.5-coder-1.5b-instruct")  # doctest: +SKIP
-        >>> drafter = CrossTokenizerDrafter(ModelDrafter(small, 6), small.tokenizer, big.tokenizer)  # doctest: +SKIP
+        >>> draft = ModelDrafter(small, block_size=6)  # doctest: +SKIP
+        >>> drafter = CrossTokenizerDrafter(draft, small.tokenizer, big.tokenizer)  # doctest: +SKIP
         >>> generate_speculative(big, [ids], drafter)  # doctest: +SKIP
     """
 
@@ -53,7 +54,9 @@ class CrossTokenizerDrafter(Drafter):
     ) -> None:
         for label, tok in (("draft_tokenizer", draft_tokenizer), ("tokenizer", tokenizer)):
             if not (callable(getattr(tok, "decode", None)) and callable(tok)):
-                raise TypeError(f"{label} must be a tokenizer (callable, with decode), got {type(tok).__name__}")
+                raise TypeError(
+                    f"{label} must be a tokenizer (callable, with decode), got {type(tok).__name__}"
+                )
         if max_tokens is not None and max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
         if length_ratio <= 0:
