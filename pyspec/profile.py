@@ -9,11 +9,13 @@ hardware fingerprint so that a plan made elsewhere is noticed.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -55,12 +57,25 @@ def hardware() -> dict:
 
 
 def resolve_candidate(target: LlamaModel, name: str) -> LlamaModel | str:
-    """A candidate draft by name: ``"ngram"`` or ``"early:N"`` (the target's first N layers)."""
+    """A candidate draft by name: ``"ngram"``, ``"early:N"`` (the target's first N layers) or a
+    registry model (``"smollm2-135m-instruct"``; loaded once), whose drafts are re-tokenized when its
+    tokenizer differs from the target's."""
     if name == "ngram":
         return name
     if name.startswith("early:"):
         return target.first_layers(int(name.split(":", 1)[1]))
-    raise ValueError(f"unknown candidate draft {name!r}: use 'ngram' or 'early:N'")
+    from pyspec.models.loading import REGISTRY
+
+    if name in REGISTRY:
+        return _registry_model(name)
+    raise ValueError(f"unknown candidate draft {name!r}: use 'ngram', 'early:N' or one of {sorted(REGISTRY)}")
+
+
+@functools.cache
+def _registry_model(name: str) -> LlamaModel:
+    from pyspec.api import load_model
+
+    return load_model(name, progress=False)
 
 
 def forward_seconds(
@@ -215,6 +230,54 @@ def _shifted(values: np.ndarray, horizon: int) -> np.ndarray:
     return out
 
 
+@dataclass
+class _View:
+    """A text (a prompt and the target's continuation) in one model's tokens: ``ids``, where the
+    continuation starts, and the character where each continuation token ends."""
+
+    ids: list[int]
+    start: int
+    ends: np.ndarray  # [n] ends of the continuation's tokens, in characters of the continuation
+
+    @classmethod
+    def of(cls, tokenizer, prompt: list[int], continuation: list[int]) -> _View:
+        ends = [len(tokenizer.decode(continuation[: k + 1])) for k in range(len(continuation))]
+        return cls(list(prompt) + list(continuation), len(prompt), np.array(ends, dtype=np.int64))
+
+    @classmethod
+    def retokenized(cls, target_tokenizer, tokenizer, prompt: list[int], continuation: list[int]) -> _View:
+        """The same text in another tokenizer's ids (prompt and continuation encoded apart, so that
+        the continuation starts on a token boundary)."""
+
+        def encode(ids):
+            return tokenizer(target_tokenizer.decode(ids), add_special_tokens=False).input_ids
+
+        return cls.of(tokenizer, encode(prompt), encode(continuation))
+
+    @property
+    def n(self) -> int:
+        return len(self.ends)
+
+
+def _cross_mass(draft: _View, right: np.ndarray, verifier: _View, p_text: np.ndarray) -> np.ndarray:
+    """[n, RUN_HORIZON] acceptance of a draft with another tokenizer, drafting greedily from every
+    position of the verifier's text: a chain drafted after the draft's token k - 1 is the text
+    until the first token k' >= k its argmax gets wrong (``right [n_draft]``), so it covers the
+    verifier's tokens that end before that character (a context ending inside a draft token counts
+    from the start of that token); a covered token is accepted with the verifier's probability of it
+    (``p_text [n]``), the rest are not."""
+    starts = np.concatenate([[0], draft.ends[:-1]])
+    reach = np.zeros(draft.n + 1, dtype=np.int64)
+    reach[draft.n] = draft.ends[-1] if draft.n else 0
+    for k in range(draft.n - 1, -1, -1):
+        reach[k] = reach[k + 1] if right[k] else starts[k]
+    context_ends = np.concatenate([[0], verifier.ends[:-1]])  # where the text stands at each position
+    reach_at = reach[np.searchsorted(draft.ends, context_ends, side="right")]
+    ends = _shifted(verifier.ends.astype(float), RUN_HORIZON)
+    ends[ends == 0] = np.inf  # past the end of the text
+    return np.where(ends <= reach_at[:, None], _shifted(p_text, RUN_HORIZON), 0.0)
+
+
 def acceptance(
     target: LlamaModel,
     candidates: Sequence[str],
@@ -228,48 +291,69 @@ def acceptance(
     - ``"gains"[j][i][T][k]``: the probability that level i, verifying a block of T tokens drafted
       by level j, gains k tokens (accepted + its own), T = 0..32, from a replay of the steps along
       each text (see :class:`_Replay`), with per-position acceptance ``sum_x min(p_j(x), p_i(x))``
-      (greedy: the argmaxes agree) or, for the n-gram drafter, ``p_i`` of each token it proposes (0
-      where it proposes nothing). ``"alpha"[j][i]``: the plain per-position rate (for display).
-      Pairs below the target are measured on the target's text too (an approximation).
+      (greedy: the argmaxes agree), for the n-gram drafter ``p_i`` of each token it proposes (0
+      where it proposes nothing), and for a draft with another tokenizer ``p_i`` of each text token
+      its greedy chain covers (:func:`_cross_mass`). ``"alpha"[j][i]``: the plain per-position rate
+      (for display). Pairs below the target are measured on the target's text too (an
+      approximation), in their own tokens.
     - ``"lookup_lengths"[T][l]``: the probability that the n-gram drafter, asked for T tokens,
       proposes l, at the positions where blocks start.
-    - ``"tree"[name][d][r]``: for each draft model, the probability that its rank-r candidate at depth
-      d + 1 of a tree is the target's token, given the path above was accepted along top candidates
-      (greedy: ranks by logits; sampling: acceptance probability of deterministic candidates, p(x)),
-      averaged over all start positions.
+    - ``"tree"[name][d][r]``: for each draft model sharing the target's vocabulary, the probability
+      that its rank-r candidate at depth d + 1 of a tree is the target's token, given the path above
+      was accepted along top candidates (greedy: ranks by logits; sampling: acceptance probability
+      of deterministic candidates, p(x)), averaged over all start positions.
     """
+    from pyspec.decoding.hierarchy import same_vocabulary
+
     models = [resolve_candidate(target, c) for c in candidates] + [target]
-    sequences = [
-        list(p) + o.tokens
-        for p, o in zip(
-            prompts,
-            generate_autoregressive(target, prompts, new_tokens, [params] * len(prompts)),
-            strict=True,
-        )
-    ]
+    outputs = generate_autoregressive(target, prompts, new_tokens, [params] * len(prompts))
     m = len(models)
+    # models sharing the target's vocabulary read its tokens; the others, the text re-tokenized
+    own = [isinstance(x, str) or same_vocabulary(x, target) for x in models]
     replays = {(j, i): _Replay() for j in range(m) for i in range(j + 1, m)}
-    tree = {c: (np.zeros((TREE_DEPTH, TREE_RANKS)), np.zeros(TREE_DEPTH)) for c in candidates if c != "ngram"}
-    for prompt, sequence in tqdm(list(zip(prompts, sequences, strict=True)), desc="acceptance", leave=False):
-        start, n = len(prompt), len(sequence) - len(prompt)
-        if n < 2:
+    cross = not all(own)
+    tree = {
+        c: (np.zeros((TREE_DEPTH, TREE_RANKS)), np.zeros(TREE_DEPTH))
+        for c, x, same in zip(candidates, models, own, strict=False)
+        if same and not isinstance(x, str)
+    }
+    for prompt, out in tqdm(list(zip(prompts, outputs, strict=True)), desc="acceptance", leave=False):
+        if len(out.tokens) < 2:
             continue
-        logits = [None if isinstance(x, str) else _logits(x, sequence, start) for x in models]
+        if cross:  # character offsets are needed to line up two tokenizations
+            base = _View.of(target.tokenizer, list(prompt), out.tokens)
+        else:
+            base = _View(list(prompt) + out.tokens, len(prompt), np.zeros(len(out.tokens), dtype=np.int64))
+        views = [
+            base if same else _View.retokenized(target.tokenizer, x.tokenizer, list(prompt), out.tokens)
+            for x, same in zip(models, own, strict=True)
+        ]
+        logits = [
+            None if isinstance(x, str) else _logits(x, v.ids, v.start)
+            for x, v in zip(models, views, strict=True)
+        ]
         dists = [None if lg is None else probabilities(lg, params) for lg in logits]
-        proposals = (
-            [lookup(sequence[: start + t], RUN_HORIZON) for t in range(n)] if "ngram" in candidates else []
-        )
+        proposals: dict[int, list] = {}  # per view (by model index), the n-gram's proposal at each position
         for (j, i), replay in replays.items():
-            if dists[j] is None:  # n-gram: p_i of each proposed token, at its own position
-                if dists[i] is None:
-                    continue
-                mass = np.zeros((n, RUN_HORIZON))
-                for t, prop in enumerate(proposals):
-                    d = np.arange(min(len(prop), n - t))
+            vi, vj = views[i], views[j]
+            if dists[i] is None or vi.n < 2:
+                continue
+            if dists[j] is None:  # n-gram, over the verifier's tokens: p_i of each proposed token
+                if i not in proposals:
+                    proposals[i] = [lookup(vi.ids[: vi.start + t], RUN_HORIZON) for t in range(vi.n)]
+                mass = np.zeros((vi.n, RUN_HORIZON))
+                for t, prop in enumerate(proposals[i]):
+                    d = np.arange(min(len(prop), vi.n - t))
                     mass[t, d] = dists[i][t + d, prop[: len(d)]].numpy()
-                replay.add(mass, np.array([len(x) for x in proposals]))
-            else:
+                replay.add(mass, np.array([len(x) for x in proposals[i]]))
+            elif vj is vi:
                 replay.add(_shifted(torch.minimum(dists[j], dists[i]).sum(-1).double().numpy(), RUN_HORIZON))
+            elif vj.n >= 1:  # another tokenizer: the draft's greedy chain, re-tokenized
+                text_i = torch.tensor(vi.ids[vi.start :])
+                right = (logits[j].argmax(-1) == torch.tensor(vj.ids[vj.start :])).numpy()
+                p_text = dists[i].gather(1, text_i[:, None])[:, 0].double().numpy()
+                replay.add(_cross_mass(vj, right, vi, p_text))
+        n = len(out.tokens)
         for c, (num, den) in tree.items():
             j = list(candidates).index(c)
             score = logits[j] if params.greedy else dists[j]

@@ -1,4 +1,5 @@
-"""Shared helpers: random ragged batches over shuffled paged caches, and the devices to test on."""
+"""Shared helpers: random ragged batches over shuffled paged caches, the devices to test on, and a
+byte-level tokenizer (a second real tokenizer for cross-tokenizer drafts)."""
 
 from __future__ import annotations
 
@@ -92,3 +93,23 @@ def make_batch(
         if isinstance(value, torch.Tensor):
             setattr(batch, name, value.to(device))
     return batch
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as token ids (ByT5-style): another tokenizer than SmolLM2's for the same text."""
+
+    class Encoding:
+        def __init__(self, ids):
+            self.input_ids = ids
+
+    def __call__(self, text, add_special_tokens=False):
+        return self.Encoding(list(text.encode()))
+
+    def decode(self, ids):
+        return bytes(ids).decode(errors="replace")
+
+    def get_vocab(self):
+        return {f"<0x{i:02X}>": i for i in range(256)}
+
+
+BYTES = ByteTokenizer()

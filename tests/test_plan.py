@@ -6,14 +6,26 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 
 import pyspec
 from planner.plan import Choice, Plan, at_context, make_plan, predict
 from pyspec.data import calibration, humaneval
+from pyspec.decoding.autoregressive import generate_autoregressive
 from pyspec.decoding.hierarchy import build_stack
 from pyspec.decoding.speculative import generate_speculative
 from pyspec.drafters.model import TreeShape
-from pyspec.profile import _Replay, acceptance, hardware, profile
+from pyspec.profile import (
+    RUN_HORIZON,
+    _cross_mass,
+    _logits,
+    _Replay,
+    _shifted,
+    _View,
+    acceptance,
+    hardware,
+    profile,
+)
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +121,23 @@ def test_replayed_gains_match_the_decoding_loop(model):
     out = generate_speculative(model, [prompt], build_stack(model, ["ngram"], [4]), 96)[0]
     actual = (len(out.tokens) - 1) / (out.stats["target_passes"] - 1)  # after the prefill's token
     assert replayed == pytest.approx(actual, abs=0.15)
+
+
+def test_cross_tokenizer_acceptance_agrees_with_the_shared_vocabulary_case(model):
+    """Lining up two tokenizations by characters (for drafts with another tokenizer) gives, when both
+    tokenizations are the same, exactly the shared-vocabulary acceptance: a greedy chain drafted
+    from position t is accepted through t + d when the draft's argmax is right at t..t + d."""
+    prompt = model.tokenizer(calibration(humaneval(), 8)[1].text).input_ids
+    tokens = generate_autoregressive(model, [prompt], 48)[0].tokens
+    view = _View.of(model.tokenizer, prompt, tokens)
+    assert view.n == len(tokens) and np.all(np.diff(view.ends) > 0)
+    right = (_logits(model.first_layers(20), view.ids, view.start).argmax(-1) == torch.tensor(tokens)).numpy()
+    assert 0 < right.sum() < len(right)
+    cross = _cross_mass(view, right, view, np.ones(len(tokens)))
+    shared = np.cumprod(_shifted(right.astype(float), RUN_HORIZON), axis=1)
+    assert np.array_equal(np.cumprod(cross, axis=1), shared)
+    other = _View.retokenized(model.tokenizer, model.tokenizer, prompt, tokens)
+    assert other.ids == view.ids and np.array_equal(other.ends, view.ends)
 
 
 def test_plans_choose_trees_when_they_pay_and_decode_losslessly(model, measured):

@@ -3,11 +3,14 @@ autoregressive decoding for every mode, sampling that follows the target's distr
 
 Until trained drafts exist, the same-vocabulary drafts are built from the target itself: its first
 layers plus its head (``first_layers``), which accept some tokens and reject many, so both paths of
-the verification are exercised. The n-gram drafter needs no weights.
+the verification are exercised. The n-gram drafter needs no weights. Drafts with another tokenizer go
+through UTF-8 bytes (``conftest.ByteTokenizer``, a real if minimal tokenizer): SmolLM2's ids are
+re-tokenized to bytes and back, or an n-gram lookup runs over the bytes.
 """
 
 import pytest
 import torch
+from conftest import BYTES
 
 import pyspec
 from pyspec.api import encode_prompts
@@ -15,12 +18,20 @@ from pyspec.data import humaneval, mtbench
 from pyspec.decoding.autoregressive import generate_autoregressive
 from pyspec.decoding.hierarchy import build_stack
 from pyspec.decoding.speculative import generate_speculative
-from pyspec.drafters.model import TreeShape
+from pyspec.drafters.cross import CrossTokenizerDrafter
+from pyspec.drafters.model import ModelDrafter, TreeShape
+from pyspec.drafters.ngram import NgramDrafter
 from pyspec.models.config import ModelConfig
 from pyspec.models.llama import LlamaModel
 from pyspec.sampling import SamplingParams
 
 NEW_TOKENS = 40
+
+
+def via_bytes(model, draft, block):
+    """``draft``'s chains re-tokenized SmolLM2 -> bytes -> SmolLM2 (two cross-tokenizer hops)."""
+    to_bytes = CrossTokenizerDrafter(ModelDrafter(draft, block), model.tokenizer, BYTES, max_tokens=4 * block)
+    return CrossTokenizerDrafter(to_bytes, BYTES, model.tokenizer)
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +62,8 @@ STACKS = {
     "2-level": lambda m: build_stack(m, ["ngram", m.first_layers(22)], [3, 4]),
     "3-level": lambda m: build_stack(m, ["ngram", m.first_layers(12), m.first_layers(24)], [2, 3, 4]),
     "2-level-tree": lambda m: build_stack(m, ["ngram", m.first_layers(22)], [3, 4], tree=[3, 2, 1]),
+    "cross-bytes-ngram": lambda m: CrossTokenizerDrafter(NgramDrafter(12, max_ngram=8), BYTES, m.tokenizer),
+    "cross-via-bytes": lambda m: via_bytes(m, m.first_layers(22), 3),
 }
 
 
@@ -118,6 +131,7 @@ SAMPLED_STACKS = {
     ),
     "2-level": lambda m: build_stack(m, [m.first_layers(8), m.first_layers(16)], [2, 3]),
     "2-level-tree": lambda m: build_stack(m, [m.first_layers(8), m.first_layers(16)], [2, 3], tree=[2, 2]),
+    "cross-via-bytes": lambda m: via_bytes(m, m.first_layers(16), 3),
 }
 
 
