@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="speculative decoding: a draft level, bottom to top (repeatable): 'ngram', 'early:N' "
-        "(the target's first N layers) or a model with the target's vocabulary",
+        "(the target's first N layers) or a model (another tokenizer's drafts are re-tokenized)",
     )
     gen.add_argument("--block-size", type=int, action="append", default=[], help="tokens per draft level")
     gen.add_argument(
@@ -167,7 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def measuring(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", default="smollm2-135m-instruct")
-        p.add_argument("--drafts", nargs="+", default=["ngram"], help="candidates: 'ngram', 'early:N'")
+        p.add_argument(
+            "--drafts", nargs="+", default=["ngram"], help="candidates: 'ngram', 'early:N', a model name"
+        )
         p.add_argument("--batch-sizes", nargs="+", type=int, default=[1])
         p.add_argument("--temperature", type=float, default=0.0)
 
