@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 EXT_SOURCES := $(shell find csrc -name '*.h' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.cu') setup.py pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: setup run test bench bench-ar bench-spec bench-planner bench-batch bench-suite qwen lint cuda-build-check cmake-build clean
+.PHONY: setup run test bench bench-ar bench-spec bench-planner bench-batch bench-suite bench-heavy qwen lint cuda-build-check cmake-build clean
 
 setup: $(VENV)/.built
 
@@ -56,6 +56,11 @@ bench-batch: setup
 # Qwen2.5-Coder-1.5B too when `make qwen` installed it. Regenerates the README's results section.
 bench-suite: setup
 	$(PY) benchmarks/suite.py
+
+# The heavy target: Qwen2.5-Coder-1.5B's plan (n-gram and SmolLM2 drafts, re-tokenized) against HF
+# plain, prompt lookup and SmolLM2-assisted generation; installs Qwen first (~1.06 GB).
+bench-heavy: setup qwen
+	$(PY) benchmarks/heavy.py
 
 test: setup
 	$(PY) -m pytest -q -m "not slow" --doctest-modules pyspec planner tests $(PYTEST_ARGS)
