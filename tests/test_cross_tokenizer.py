@@ -76,6 +76,18 @@ def test_build_stack_wraps_levels_of_another_tokenizer(smollm2):
         CrossTokenizerDrafter(NgramDrafter(), "bytes", BYTES)
 
 
+def test_a_draft_out_of_cache_stops_drafting_and_loses_nothing(smollm2):
+    """A draft whose caches are sized far too small (``length_ratio``) runs out of pages: a warning,
+    no more drafts, and the output is still the target's own."""
+    prompt = encode_prompts(smollm2, "Name three colours.")
+    reference = generate_autoregressive(smollm2, prompt, 12)[0].tokens
+    tok = smollm2.tokenizer
+    tiny = CrossTokenizerDrafter(ModelDrafter(smollm2.first_layers(4), 3), tok, tok, length_ratio=0.01)
+    with pytest.warns(UserWarning, match="without its drafts"):
+        out = generate_speculative(smollm2, prompt, tiny, 12)
+    assert out[0].tokens == reference and tiny.exhausted
+
+
 @pytest.fixture(scope="module")
 def qwen():
     try:

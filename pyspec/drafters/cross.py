@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Hashable, Sequence
 
 import torch
 
 from pyspec.drafters.base import Draft, Drafter
+from pyspec.kv_cache import OutOfPagesError
 from pyspec.sampling import SamplingParams
 from pyspec.stats import LevelStats
 
@@ -34,7 +36,9 @@ class CrossTokenizerDrafter(Drafter):
     """Wraps ``draft`` (any drafter in ``draft_tokenizer``'s ids) to propose chains in
     ``tokenizer``'s ids; at most ``max_tokens`` candidates per step (default: all the text gives).
 
-    ``length_ratio`` bounds the draft's tokens per verifier token, to size the draft's caches.
+    ``length_ratio`` bounds the draft's tokens per verifier token, to size the draft's caches; a
+    text that needs more runs out of the draft's pages, and decoding goes on without its drafts
+    (with a warning), never with an error.
 
     Example:
         >>> small = load_model("smollm2-135m-instruct")  # doctest: +SKIP
@@ -67,6 +71,7 @@ class CrossTokenizerDrafter(Drafter):
         # one draft token gives about one verifier token, a long one (a run of spaces) a few
         self.max_tokens = max_tokens or 2 * draft.max_draft
         self.max_draft = self.max_tokens
+        self.exhausted = False  # the draft ran out of cache: no more drafts this generation
         self.vocab_size = None  # proposals are already in the verifier's ids
 
     def levels(self) -> list[LevelStats]:
@@ -74,6 +79,7 @@ class CrossTokenizerDrafter(Drafter):
 
     def begin(self, max_lengths: Sequence[int]) -> None:
         super().begin(max_lengths)
+        self.exhausted = False
         self.draft.begin([math.ceil(n * self.length_ratio) + self.draft.max_draft for n in max_lengths])
 
     def add(self, key: Hashable) -> None:
@@ -93,13 +99,24 @@ class CrossTokenizerDrafter(Drafter):
         generators: Sequence[torch.Generator],
         budgets: Sequence[int],
     ) -> list[Draft]:
+        if self.exhausted:
+            return [Draft() for _ in keys]
         start = time.perf_counter()
         texts = [self.tokenizer.decode(list(c)) for c in contexts]
         draft_contexts = [self.encode_draft(t) for t in texts]
         drafted = time.perf_counter()
-        proposals = self.draft.propose(
-            keys, draft_contexts, [GREEDY] * len(keys), generators, [max(b, 0) for b in budgets]
-        )
+        try:
+            proposals = self.draft.propose(
+                keys, draft_contexts, [GREEDY] * len(keys), generators, [max(b, 0) for b in budgets]
+            )
+        except OutOfPagesError as e:
+            warnings.warn(
+                f"{self.stats.name}: the draft's text is longer than length_ratio={self.length_ratio} "
+                f"allows ({e}); decoding goes on without its drafts",
+                stacklevel=2,
+            )
+            self.exhausted = True
+            return [Draft() for _ in keys]
         back = time.perf_counter()
         drafts = []
         for ctx, dctx, proposal, budget in zip(contexts, draft_contexts, proposals, budgets, strict=True):
