@@ -78,8 +78,8 @@ def test_build_stack_wraps_levels_of_another_tokenizer(smollm2):
 
 def test_a_draft_out_of_cache_stops_drafting_and_loses_nothing(smollm2):
     """A draft whose caches are sized far too small (``length_ratio``) runs out of pages: a warning,
-    no more drafts, and the output is still the target's own."""
-    prompt = encode_prompts(smollm2, "Name three colours.")
+    no more drafts, and the output is still the target's own. (Its cache holds 3 pages of 16.)"""
+    prompt = encode_prompts(smollm2, "Name three colours, then three more. " * 12)  # ~130 tokens
     reference = generate_autoregressive(smollm2, prompt, 12)[0].tokens
     tok = smollm2.tokenizer
     tiny = CrossTokenizerDrafter(ModelDrafter(smollm2.first_layers(4), 3), tok, tok, length_ratio=0.01)
