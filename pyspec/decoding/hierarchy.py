@@ -205,11 +205,19 @@ def build_stack(
         else:
             if below is not None and not same_vocabulary(below, draft):
                 check_vocabulary(below, draft)
-                stack = CrossTokenizerDrafter(stack, below.tokenizer, draft.tokenizer)
+                stack = _retokenized(stack, below, draft)
             stack = HierarchyLevel(stack, draft, block, tree if top else None)
         below = draft
     if below is not None and not same_vocabulary(below, target):
         if tree is not None:
             raise ValueError("drafts re-tokenized for the target are chains: no tree with another tokenizer")
-        stack = CrossTokenizerDrafter(stack, below.tokenizer, target.tokenizer)
+        stack = _retokenized(stack, below, target)
     return stack
+
+
+def _retokenized(stack: Drafter, draft: LlamaModel, verifier: LlamaModel) -> CrossTokenizerDrafter:
+    """``stack`` (proposing in ``draft``'s ids) re-tokenized for ``verifier``."""
+    names = [getattr(m, "name", "model") for m in (draft, verifier)]
+    return CrossTokenizerDrafter(
+        stack, draft.tokenizer, verifier.tokenizer, name=f"retokenize({names[0]}->{names[1]})"
+    )

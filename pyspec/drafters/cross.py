@@ -34,7 +34,8 @@ REPLACEMENT = "\ufffd"  # what a decoder prints for an incomplete UTF-8 characte
 
 class CrossTokenizerDrafter(Drafter):
     """Wraps ``draft`` (any drafter in ``draft_tokenizer``'s ids) to propose chains in
-    ``tokenizer``'s ids; at most ``max_tokens`` candidates per step (default: all the text gives).
+    ``tokenizer``'s ids; at most ``max_tokens`` candidates per step (default: twice the draft's
+    largest proposal). ``name`` labels its statistics (the re-tokenization's time).
 
     ``length_ratio`` bounds the draft's tokens per verifier token, to size the draft's caches; a
     text that needs more runs out of the draft's pages, and decoding goes on without its drafts
@@ -55,6 +56,7 @@ class CrossTokenizerDrafter(Drafter):
         tokenizer,
         max_tokens: int | None = None,
         length_ratio: float = 2.0,
+        name: str | None = None,
     ) -> None:
         for label, tok in (("draft_tokenizer", draft_tokenizer), ("tokenizer", tokenizer)):
             if not (callable(getattr(tok, "decode", None)) and callable(tok)):
@@ -65,7 +67,7 @@ class CrossTokenizerDrafter(Drafter):
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
         if length_ratio <= 0:
             raise ValueError(f"length_ratio must be > 0, got {length_ratio}")
-        super().__init__(f"retokenize({type(draft_tokenizer).__name__}->{type(tokenizer).__name__})")
+        super().__init__(name or f"retokenize({type(draft_tokenizer).__name__}->{type(tokenizer).__name__})")
         self.draft, self.draft_tokenizer, self.tokenizer = draft, draft_tokenizer, tokenizer
         self.length_ratio = length_ratio
         # one draft token gives about one verifier token, a long one (a run of spaces) a few
