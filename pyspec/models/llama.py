@@ -107,11 +107,26 @@ class LlamaModel(nn.Module):
         self.register_buffer(
             "inv_freq", ops.rope_inv_freq(config.head_dim, config.rope_theta), persistent=False
         )
+        self.shortlist: torch.Tensor | None = None  # [V'] token ids the head scores; None: all
         self.requires_grad_(False)
 
     @property
     def head_weight(self) -> torch.Tensor:
         return self.embed_tokens if self.lm_head is None else self.lm_head
+
+    def set_shortlist(self, token_ids: torch.Tensor | None) -> None:
+        """Scores only ``token_ids`` (a draft's frequency-ranked vocabulary); the other logits are -inf.
+        The head's cost shrinks in proportion. ``None`` restores the full head."""
+        self.shortlist = None if token_ids is None else token_ids.long()
+        self._shortlist_weight = None if token_ids is None else self.head_weight[self.shortlist].contiguous()
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[R, vocab]`` of final normalised states ``x [R, hidden]``."""
+        if self.shortlist is None:
+            return linear(x, self.head_weight)
+        out = x.new_full((x.shape[0], self.config.vocab_size), float("-inf"))
+        out[:, self.shortlist] = linear(x, self._shortlist_weight)
+        return out
 
     def first_layers(self, num_layers: int) -> LlamaModel:
         """An early-exit draft: this model's first ``num_layers`` layers, final norm and head (weights
@@ -172,7 +187,7 @@ class LlamaModel(nn.Module):
         if -1 in hidden_layers:
             hidden[-1] = x
         rows = batch.last_rows() if logits_rows is None else logits_rows
-        return ForwardOutput(logits=linear(x[rows], self.head_weight), hidden=hidden)
+        return ForwardOutput(logits=self.head(x[rows]), hidden=hidden)
 
     def load_hf_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Loads weights named as in transformers' LlamaForCausalLM / Qwen2ForCausalLM."""

