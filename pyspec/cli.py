@@ -10,12 +10,13 @@ import torch
 
 
 def _drafts(args: argparse.Namespace, target) -> list | None:
-    """The ``--draft`` stack, bottom to top: 'ngram', 'early:N' (the target's first N layers) or a model."""
+    """The ``--draft`` stack, bottom to top: 'ngram', 'early:N' (the target's first N layers), a trained
+    draft ('draft-lm-1l', or 'medusa' / 'hidden-transfer' alone) or a model."""
     from pyspec.api import load_model
 
     drafts = []
     for spec in args.draft:
-        if spec == "ngram":
+        if spec == "ngram" or spec in ("medusa", "hidden-transfer") or spec.startswith("draft-lm-"):
             drafts.append(spec)
         elif spec.startswith("early:"):
             drafts.append(target.first_layers(int(spec.split(":", 1)[1])))
@@ -151,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="speculative decoding: a draft level, bottom to top (repeatable): 'ngram', 'early:N' "
-        "(the target's first N layers) or a model (another tokenizer's drafts are re-tokenized)",
+        "(the target's first N layers), a trained 'draft-lm-1l' / 'draft-lm-3l', or a model (another "
+        "tokenizer's drafts are re-tokenized); or 'medusa' / 'hidden-transfer' alone (--tree: widths)",
     )
     gen.add_argument("--block-size", type=int, action="append", default=[], help="tokens per draft level")
     gen.add_argument(

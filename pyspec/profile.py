@@ -57,13 +57,18 @@ def hardware() -> dict:
 
 
 def resolve_candidate(target: LlamaModel, name: str) -> LlamaModel | str:
-    """A candidate draft by name: ``"ngram"``, ``"early:N"`` (the target's first N layers) or a
+    """A candidate draft by name: ``"ngram"``, ``"early:N"`` (the target's first N layers), a trained
+    draft LM (``"draft-lm-1l"``, :mod:`pyspec.drafters.trained`) or a
     registry model (``"smollm2-135m-instruct"``; loaded once), whose drafts are re-tokenized when its
     tokenizer differs from the target's."""
     if name == "ngram":
         return name
     if name.startswith("early:"):
         return target.first_layers(int(name.split(":", 1)[1]))
+    if name.startswith("draft-lm-"):
+        from pyspec.drafters.trained import load_draft_model
+
+        return load_draft_model(target, name)
     from pyspec.models.loading import REGISTRY
 
     if name in REGISTRY:

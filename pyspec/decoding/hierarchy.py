@@ -20,8 +20,10 @@ import torch.nn.functional as F
 from pyspec.decoding.verifier import Verifier
 from pyspec.drafters.base import Draft, Drafter
 from pyspec.drafters.cross import CrossTokenizerDrafter
+from pyspec.drafters.hidden_transfer import HeadsDrafter
 from pyspec.drafters.model import ModelDrafter, TreeShape
 from pyspec.drafters.ngram import NgramDrafter
+from pyspec.drafters.trained import HEADS, load_draft_model, load_heads
 from pyspec.models.llama import LlamaModel
 from pyspec.sampling import SamplingParams
 from pyspec.stats import LevelStats
@@ -161,7 +163,9 @@ def build_stack(
     tree: TreeShape | Sequence[int] | None = None,
     tree_sampling: str = "topk",
 ) -> Drafter:
-    """The drafter feeding ``target``: ``drafts`` bottom to top, ``"ngram"`` only at the bottom.
+    """The drafter feeding ``target``: ``drafts`` bottom to top, ``"ngram"`` only at the bottom; trained
+    draft LMs by name (``"draft-lm-1l"``); or ``["medusa"]`` / ``["hidden-transfer"]`` alone, the
+    target's trained heads (:class:`HeadsDrafter`, ``tree``: per-depth widths, default a chain).
 
     ``block_sizes[i]``: tokens level i proposes per request (default 4 each). ``tree``: the top draft
     proposes a tree instead of a chain. A single draft model expands any :class:`TreeShape` (per-depth
@@ -175,6 +179,18 @@ def build_stack(
     """
     if not drafts:
         raise ValueError("no drafts given")
+    if any(d in HEADS for d in drafts if isinstance(d, str)):
+        if len(drafts) != 1:
+            raise ValueError("Medusa heads and hidden transfer draft from the target's own pass: "
+                             "they are the only draft, not a level of a stack")
+        heads = load_heads(target, drafts[0])
+        widths = list(tree) if tree is not None and not isinstance(tree, TreeShape) else [1] * heads.num_future
+        if isinstance(tree, TreeShape):
+            raise ValueError("heads take a tree as per-depth widths, e.g. [3, 2, 1]")
+        return HeadsDrafter(heads, widths)
+    drafts = [  # trained draft LMs by name ("draft-lm-1l")
+        load_draft_model(target, d) if isinstance(d, str) and d.startswith("draft-lm-") else d for d in drafts
+    ]
     block_sizes = list(block_sizes) if block_sizes is not None else [4] * len(drafts)
     if len(block_sizes) != len(drafts):
         raise ValueError(f"{len(block_sizes)} block sizes for {len(drafts)} drafts")
@@ -189,7 +205,8 @@ def build_stack(
     for level, (draft, block) in enumerate(zip(drafts, block_sizes, strict=True)):
         if isinstance(draft, str):
             if draft != "ngram":
-                raise ValueError(f"unknown draft {draft!r}: use 'ngram' or a model")
+                raise ValueError(f"unknown draft {draft!r}: use 'ngram', {', '.join(HEADS)}, a trained "
+                                 "'draft-lm-N' or a model")
             if level:
                 raise ValueError(
                     "the n-gram drafter has no distributions to verify with: it must be the bottom level"

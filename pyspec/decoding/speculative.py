@@ -55,7 +55,8 @@ def generate_speculative(
     limits = [min(max_new_tokens, context - len(p)) for p in prompts]
     lengths = [len(p) + n + MARGIN for p, n in zip(prompts, limits, strict=True)]
     verifier = Verifier(target, getattr(target, "name", "target"))
-    verifier.begin([n + drafter.max_draft for n in lengths])
+    room = [n + drafter.max_draft for n in lengths]
+    verifier.begin(room, runner=drafter.target_runner(target, room))
     drafter.begin(lengths)
     generators = [p.generator() for p in params]
     texts = [TextTracker(target.tokenizer, tuple(stop_strings), i, stream) for i in range(len(prompts))]

@@ -36,11 +36,13 @@ class Verifier:
         self.stats = LevelStats(name or getattr(model, "name", "model"))
         self.runner: ModelRunner | None = None
 
-    def begin(self, max_lengths: Sequence[int], num_pages: int | None = None) -> None:
+    def begin(
+        self, max_lengths: Sequence[int], num_pages: int | None = None, runner: ModelRunner | None = None
+    ) -> None:
         """Starts a generation: a cache of ``num_pages`` pages (default: enough for sequences of
-        ``max_lengths`` tokens)."""
+        ``max_lengths`` tokens), or ``runner`` (see :meth:`Drafter.target_runner`)."""
         self.stats = LevelStats(self.stats.name)
-        self.runner = ModelRunner(self.model, num_pages or pages_needed(max_lengths, 16), 16)
+        self.runner = runner or ModelRunner(self.model, num_pages or pages_needed(max_lengths, 16), 16)
 
     def add(self, key: Hashable) -> None:
         self.runner.add(key)

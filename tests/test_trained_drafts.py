@@ -1,0 +1,224 @@
+"""Trained drafts: ShareGPT split, teacher data, the differentiable forward, the training loop, and the
+shipped weights (draft LMs, Medusa heads, hidden transfer) decoding losslessly on the real SmolLM2."""
+
+import json
+
+import pytest
+import torch
+
+import pyspec
+from pyspec.api import encode_prompts
+from pyspec.batch import StepBatch
+from pyspec.data import held_out, humaneval, mtbench
+from pyspec.decoding.autoregressive import generate_autoregressive
+from pyspec.decoding.hierarchy import build_stack
+from pyspec.decoding.speculative import generate_speculative
+from pyspec.drafters.heads import WEIGHTS_DIR, FutureHeads, HiddenTransfer, MedusaHeads
+from pyspec.drafters.hidden_transfer import FutureHeadsRunner, HeadsDrafter
+from pyspec.drafters.trained import load_heads, trained_drafts, weights_path
+from pyspec.sampling import SamplingParams
+from pyspec.training import sharegpt
+from pyspec.training.distill import TrainConfig, shortlist_of, train
+from pyspec.training.functional import causal_layers
+from pyspec.training.teacher import build
+
+SHIPPED = ["draft-lm-1l", "draft-lm-3l", "medusa", "hidden-transfer"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return pyspec.load_model("smollm2-135m-instruct", progress=False)
+
+
+@pytest.fixture(scope="module")
+def teacher(model):
+    """Teacher data of 3 held-out ShareGPT conversations, 96 tokens each (for shapes and the loop)."""
+    return build(model, "held_out", 3, layers=(25, 30), seq_len=96, progress=False)
+
+
+def test_split_is_fixed_and_recorded():
+    """The held-out ids recorded in the repository are exactly those the rule holds out."""
+    record = json.loads((WEIGHTS_DIR / "sharegpt_split.json").read_text())
+    ids = [c.id for c in sharegpt.conversations("held_out")]
+    assert ids == record["held_out_ids"]
+    assert all(sharegpt.split_of(i) == "held_out" for i in ids)
+    assert record["train_conversations"] == sum(1 for _ in sharegpt.conversations("train"))
+
+
+def test_functional_forward_matches_the_runtime(model):
+    """Training's plain-PyTorch forward gives the runtime's logits (pyspec's ops) to float tolerance."""
+    tokens = model.tokenizer("def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n").input_ids
+    cache = model.new_cache(num_pages=8, page_size=16)
+    seq = cache.add_sequence()
+    batch = StepBatch.build(cache, [seq], [tokens])
+    with torch.inference_mode():
+        runtime = model(batch, cache, logits_rows=torch.arange(len(tokens))).logits
+        x, _ = causal_layers(model.layers, torch.nn.functional.embedding(torch.tensor([tokens]), model.embed_tokens),
+                             model.inv_freq)
+        from pyspec.models.llama import rms_norm
+
+        ours = rms_norm(x[0], model.norm, model.config.rms_norm_eps) @ model.head_weight.T
+    assert torch.equal(runtime.argmax(-1), ours.argmax(-1))
+    assert torch.allclose(runtime, ours, atol=2e-3, rtol=1e-4)
+
+
+def test_teacher_data_is_the_targets_distribution(model, teacher):
+    assert teacher.tokens.shape == (3, 96) and teacher.top_ids.shape == (3, 96, 16)
+    assert teacher.loss_mask.any() and not teacher.loss_mask.all()
+    cache = model.new_cache(num_pages=8, page_size=16)
+    seq = cache.add_sequence()
+    batch = StepBatch.build(cache, [seq], [teacher.tokens[0].tolist()])
+    with torch.inference_mode():
+        logits = model(batch, cache, logits_rows=torch.arange(96)).logits
+    assert torch.equal(logits.argmax(-1), teacher.top_ids[0, :, 0])
+    probs = torch.softmax(logits, -1).gather(1, teacher.top_ids[0])
+    assert torch.allclose(probs, teacher.top_probs[0].float(), atol=2e-3)
+
+
+@pytest.mark.parametrize("kind,layers", [("medusa", 1), ("hidden-transfer", 25), ("draft-lm", 1)])
+def test_training_lowers_the_loss_and_resumes(model, teacher, kind, layers, tmp_path):
+    """A few steps on 3 sequences lower the held-out loss of each kind; a longer run resumes from
+    the checkpoint of a shorter one instead of starting over."""
+    cfg = TrainConfig(kind, tokens=4 * 150, layers=layers, shortlist=2048, batch_size=1, lr=3e-3,
+                      checkpoint_every=1)
+    ckpt = tmp_path / "run.ckpt"
+    _, first = train(cfg, model, teacher, teacher, ckpt, progress=False)
+    assert first["steps"] == 4 and first["tokens_seen"] > 0
+    untrained = TrainConfig(kind, tokens=1, layers=layers, shortlist=2048, batch_size=1, lr=0.0)
+    _, before = train(untrained, model, teacher, teacher, tmp_path / "none.ckpt", progress=False)
+    assert first["held_out_loss"] < before["held_out_loss"]
+    longer = TrainConfig(**{**cfg.__dict__, "tokens": 6 * 150})
+    _, resumed = train(longer, model, teacher, teacher, ckpt, progress=False)
+    assert resumed["steps"] == 6  # a fresh run with a new config would also end at 6: check the tokens
+    assert torch.load(ckpt, weights_only=False)["state"]["step"] == 6
+
+
+def test_shortlist_holds_the_teachers_favourites(teacher):
+    short = shortlist_of(teacher, 64)
+    top1 = teacher.top_ids[..., 0][teacher.loss_mask]
+    assert len(short) == 64 and torch.isin(top1.bincount().argmax(), short)
+
+
+@pytest.fixture(scope="module")
+def prompts(model):
+    """Held-out benchmark prompts: two MT-bench questions (chat) and two HumanEval completions."""
+    chat = encode_prompts(model, [p.text for p in held_out(mtbench(), 4)[1:3]])
+    code = [model.tokenizer(p.text).input_ids for p in held_out(humaneval(), 8)[1:3]]
+    return chat + code
+
+
+@pytest.fixture(scope="module")
+def reference(model, prompts):
+    return [o.tokens for o in generate_autoregressive(model, prompts, 40)]
+
+
+def test_shipped_weights_have_manifests(model):
+    assert set(SHIPPED) <= set(trained_drafts(model))
+    total = 0
+    for name in SHIPPED:
+        path = weights_path(model, name)
+        manifest = json.loads(path.with_suffix(".json").read_text())
+        assert {"command", "data", "steps", "tokens_seen", "train_loss", "source_commit"} <= set(manifest)
+        total += path.stat().st_size
+    assert total <= 40 * 2**20
+
+
+GREEDY_STACKS = {
+    "draft-lm-1l": (["draft-lm-1l"], [4], None),
+    "draft-lm-3l": (["draft-lm-3l"], [4], None),
+    "ngram>1l>3l": (["ngram", "draft-lm-1l", "draft-lm-3l"], [4, 3, 4], None),
+    "medusa-chain": (["medusa"], None, [1, 1, 1]),
+    "medusa-tree": (["medusa"], None, [3, 2, 1]),
+    "hidden-transfer-chain": (["hidden-transfer"], None, [1, 1, 1]),
+    "hidden-transfer-tree": (["hidden-transfer"], None, [3, 2, 1]),
+}
+
+
+@pytest.mark.parametrize("stack", list(GREEDY_STACKS))
+def test_trained_drafts_are_lossless_and_accepted(model, prompts, reference, stack):
+    """A batch of held-out prompts: token-identical to autoregressive decoding, with fewer target
+    passes than tokens."""
+    drafts, blocks, tree = GREEDY_STACKS[stack]
+    out = generate_speculative(model, prompts, build_stack(model, drafts, blocks, tree), 40)
+    assert [o.tokens for o in out] == reference
+    levels = out[0].stats["levels"][-1]
+    assert 0 < levels["accepted"] < levels["drafted"], levels
+    assert sum(o.stats["target_passes"] for o in out) < sum(len(o.tokens) for o in out)
+
+
+def _exact_joint(model, prompt, params, length):
+    """Exact distribution of the first ``length`` sampled tokens, by expanding the support tree."""
+    from pyspec.sampling import probabilities
+
+    joint = {(): 1.0}
+    for _ in range(length):
+        nxt = {}
+        for prefix, p in joint.items():
+            cache = model.new_cache(num_pages=16, page_size=16)
+            seq = cache.add_sequence()
+            batch = StepBatch.build(cache, [seq], [list(prompt) + list(prefix)])
+            with torch.inference_mode():
+                q = probabilities(model(batch, cache).logits[0], params)
+            for t in q.nonzero().flatten().tolist():
+                nxt[prefix + (t,)] = p * float(q[t])
+        joint = nxt
+    return joint
+
+
+@pytest.mark.parametrize("name", ["medusa", "hidden-transfer"])
+def test_heads_sampling_matches_the_target(model, name):
+    """Seeded 3-token samples through the whole loop (top-k 2): the empirical joint is as close to the
+    target's exact joint as plain sampling with as many draws gets (below its 99th percentile), and
+    the heads' candidates were both accepted and rejected."""
+    prompt = model.tokenizer("The three primary colours are").input_ids
+    params = SamplingParams(temperature=1.0, top_k=2)
+    exact = _exact_joint(model, prompt, params, 3)
+    n = 400
+    seeded = [SamplingParams(1.0, 2, 1.0, seed=s) for s in range(n)]
+    out = generate_speculative(model, [prompt] * n, build_stack(model, [name], tree=[2]), 3, seeded)
+    counts = {}
+    for o in out:
+        counts[tuple(o.tokens)] = counts.get(tuple(o.tokens), 0) + 1
+    tv = 0.5 * sum(abs(counts.get(k, 0) / n - exact.get(k, 0.0)) for k in set(counts) | set(exact))
+    keys = list(exact)
+    draws = torch.multinomial(torch.tensor([exact[k] for k in keys]), n * 400, replacement=True,
+                              generator=torch.Generator().manual_seed(0))
+    null = []
+    for chunk in draws.view(400, n):
+        c = torch.bincount(chunk, minlength=len(keys)).float() / n
+        null.append(0.5 * float((c - torch.tensor([exact[k] for k in keys])).abs().sum()))
+    null.sort()
+    assert tv < null[int(0.99 * len(null))], (tv, null[len(null) // 2])
+    target = out[0].stats["levels"][-1]
+    assert 0 < target["accepted"] < target["drafted"], target
+
+
+def test_pseudo_positions_are_never_committed(model):
+    """After a hidden-transfer pass and keep(), the cache holds exactly the kept tokens: the pseudo
+    nodes' slots are rolled back and their pages freed."""
+    heads = HiddenTransfer(576, 3, torch.arange(1000), layer=20)
+    runner = FutureHeadsRunner(model, heads, num_pages=16)
+    runner.add("a")
+    tokens = model.tokenizer("Once upon a time").input_ids
+    logits = runner.run(["a"], [tokens], [None], [[len(tokens) - 1]])
+    runner.keep(["a"], [list(range(len(tokens)))])
+    assert runner.cache.length(runner._seq["a"]) == len(tokens) == runner.cache_length("a")
+    assert runner.candidates["a"][1].shape == (3, 1000)
+    plain = generate_autoregressive(model, [tokens], 1)[0].tokens
+    assert int(logits[0][0].argmax()) == plain[0]  # real rows unchanged by the pseudo nodes
+    assert runner.cache.stats()["free_pages"] == 16 - -(-len(tokens) // 16)
+
+
+def test_bad_trained_draft_names_and_files(model):
+    with pytest.raises(FileNotFoundError, match="no trained draft 'medusa-9'"):
+        load_heads(model, "medusa-9")
+    with pytest.raises(FileNotFoundError, match="draft-lm-9l"):
+        build_stack(model, ["draft-lm-9l"])
+    with pytest.raises(ValueError, match="only draft"):
+        build_stack(model, ["ngram", "medusa"])
+    with pytest.raises(ValueError, match="no Medusa or hidden-transfer"):
+        FutureHeads.load(weights_path(model, "draft-lm-1l"))
+    with pytest.raises(ValueError, match="widths"):
+        HeadsDrafter(MedusaHeads(576, 3, torch.arange(10)), widths=[1, 1, 1, 1])
+    with pytest.raises(ValueError, match="hidden size"):
+        FutureHeadsRunner(model, MedusaHeads(64, 3, torch.arange(10)), num_pages=4)
