@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 EXT_SOURCES := $(shell find csrc -name '*.h' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.cu') setup.py pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: setup run test bench bench-ar bench-spec bench-planner bench-batch bench-suite bench-heavy qwen lint cuda-build-check cmake-build clean
+.PHONY: setup run test bench bench-ar bench-spec bench-planner bench-batch bench-suite bench-heavy bench-drafts train-drafts qwen lint cuda-build-check cmake-build clean
 
 setup: $(VENV)/.built
 
@@ -61,6 +61,25 @@ bench-suite: setup
 # plain, prompt lookup and SmolLM2-assisted generation; installs Qwen first (~1.06 GB).
 bench-heavy: setup qwen
 	$(PY) benchmarks/heavy.py
+
+# Trained drafts of SmolLM2-135M-Instruct (about an hour on 2 CPU cores; a GPU is used when present):
+# the ShareGPT split, the target's teacher data, the hidden-transfer layer sweep (held-out accuracy
+# only), then the weights shipped in pyspec/weights/ with their manifests. Resumable: rerun to go on.
+SWEEP_LAYERS ?= 28 25 22 18
+HT_LAYER ?= 25
+train-drafts: setup
+	$(PY) -m pyspec.training split
+	$(PY) -m pyspec.training teacher --split held_out --sequences 32
+	$(PY) -m pyspec.training teacher --split train --sequences 400
+	for t in $(SWEEP_LAYERS); do $(PY) -m pyspec.training train hidden-transfer --layers $$t --tokens 15000 --no-save; done
+	$(PY) -m pyspec.training train hidden-transfer --layers $(HT_LAYER) --tokens 60000
+	$(PY) -m pyspec.training train medusa --tokens 60000
+	$(PY) -m pyspec.training train draft-lm --layers 1 --tokens 120000
+	$(PY) -m pyspec.training train draft-lm --layers 3 --tokens 120000
+
+# Draft LMs, the n-gram > draft > draft hierarchy, Medusa heads and hidden transfer against autoregressive.
+bench-drafts: setup
+	$(PY) benchmarks/drafts.py
 
 test: setup
 	$(PY) -m pytest -q -m "not slow" --doctest-modules pyspec planner tests $(PYTEST_ARGS)

@@ -49,9 +49,11 @@ class FutureHeads(nn.Module):
         return {"kind": self.kind, "hidden_size": str(self.hidden_size), "num_future": str(self.num_future)}
 
     def save(self, path: Path, manifest: dict) -> None:
-        """Writes ``path`` (safetensors) and ``path.with_suffix('.json')`` (the manifest)."""
+        """Writes ``path`` (safetensors, float weights in fp16) and ``path.with_suffix('.json')`` (the
+        manifest)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(path), self.metadata())
+        state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(path), self.metadata())
         path.with_suffix(".json").write_text(json.dumps(manifest, indent=1) + "\n")
 
     @staticmethod

@@ -19,9 +19,10 @@ from pyspec.models.llama import LlamaModel
 
 def save_draft_lm(layers: nn.ModuleList, norm: torch.Tensor, shortlist: torch.Tensor, path: Path,
                   manifest: dict) -> None:
-    """Writes a draft LM's trained tensors to ``path`` and its manifest next to it."""
-    state = {f"layers.{k}": v.detach().contiguous() for k, v in layers.state_dict().items()}
-    state["norm"] = norm.detach().contiguous()
+    """Writes a draft LM's trained tensors to ``path`` (fp16, half the size; loaded as fp32) and its
+    manifest next to it."""
+    state = {f"layers.{k}": v.detach().half().contiguous() for k, v in layers.state_dict().items()}
+    state["norm"] = norm.detach().half().contiguous()
     state["shortlist"] = shortlist.long().contiguous()
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path), {"kind": "draft_lm", "num_layers": str(len(layers))})
@@ -42,7 +43,8 @@ def load_draft_lm(target: LlamaModel, path: str | Path) -> LlamaModel:
         meta = f.metadata() or {}
     if meta.get("kind") != "draft_lm":
         raise ValueError(f"{path} holds no draft LM (metadata {meta})")
-    state = load_file(str(path))
+    dtype = target.embed_tokens.dtype
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
     if state["norm"].shape[0] != target.config.hidden_size:
         raise ValueError(f"{path} was trained for hidden size {state['norm'].shape[0]}, "
                          f"the target has {target.config.hidden_size}")

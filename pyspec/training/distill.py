@@ -55,8 +55,9 @@ class Objective(nn.Module):
         index[shortlist] = torch.arange(len(shortlist))
         self.register_buffer("index", index)  # target id -> shortlist row, -1 if absent
 
-    def logits(self, data: TeacherData, rows: torch.Tensor) -> dict[int, torch.Tensor]:
-        """Per future step i: logits ``[B, S, V']`` at every anchor of the sequences ``rows``."""
+    def logits(self, data: TeacherData, rows: torch.Tensor, anchors: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Per future step i: logits ``[B, A, V']`` at the positions ``anchors [A]`` of the sequences
+        ``rows``."""
         raise NotImplementedError
 
 
@@ -68,11 +69,11 @@ class DraftLMObjective(Objective):
         self.layers = copy.deepcopy(target.layers[:num_layers]).requires_grad_(True)
         self.norm = nn.Parameter(target.norm.detach().clone())
 
-    def logits(self, data, rows):
+    def logits(self, data, rows, anchors):
         t = self.target[0]
         x = F.embedding(data.tokens[rows].to(self.head.device), t.embed_tokens)
         x, _ = causal_layers(self.layers, x, t.inv_freq)
-        return {0: rms_norm(x, self.norm, t.config.rms_norm_eps) @ self.head.T}
+        return {0: rms_norm(x[:, anchors], self.norm, t.config.rms_norm_eps) @ self.head.T}
 
 
 class MedusaObjective(Objective):
@@ -81,9 +82,9 @@ class MedusaObjective(Objective):
         self.heads = MedusaHeads(target.config.hidden_size, num_future, shortlist)
         self.steps = tuple(range(1, num_future + 1))
 
-    def logits(self, data, rows):
-        h = data.hidden[self.target[0].config.num_layers][rows].to(self.head.device).float()
-        out = self.heads(h)  # [B, S, k, D]
+    def logits(self, data, rows, anchors):
+        h = data.hidden[self.target[0].config.num_layers][rows][:, anchors].to(self.head.device).float()
+        out = self.heads(h)  # [B, A, k, D]
         return {i: out[:, :, i - 1] @ self.head.T for i in self.steps}
 
 
@@ -95,26 +96,28 @@ class HiddenTransferObjective(Objective):
         super().__init__(target, shortlist)
         self.heads = HiddenTransfer(target.config.hidden_size, num_future, shortlist, layer)
         self.steps = tuple(range(1, num_future + 1))
-        self._mask: torch.Tensor | None = None
 
-    def mask(self, S: int, k: int, device) -> torch.Tensor:
-        if self._mask is None or self._mask.shape[0] != S * k:
-            s = torch.arange(S).repeat_interleave(k)  # anchor of each pseudo query
-            i = torch.arange(k).repeat(S)  # its step - 1
-            real = torch.arange(S)[None, :] <= s[:, None]
-            pseudo = (s[:, None] == s[None, :]) & (i[None, :] <= i[:, None])
-            self._mask = torch.cat([real, pseudo], dim=1).to(device)  # [S k, S + S k]
-        return self._mask
+    @staticmethod
+    def mask(S: int, anchors: torch.Tensor, k: int) -> torch.Tensor:
+        """``[A k, S + A k]``: pseudo (s, i) may attend to real positions <= s and to (s, j <= i)."""
+        s = anchors.repeat_interleave(k)  # anchor of each pseudo query
+        i = torch.arange(k, device=anchors.device).repeat(len(anchors))  # its step - 1
+        a = torch.arange(len(anchors), device=anchors.device).repeat_interleave(k)
+        real = torch.arange(S, device=anchors.device)[None, :] <= s[:, None]
+        pseudo = (a[:, None] == a[None, :]) & (i[None, :] <= i[:, None])
+        return torch.cat([real, pseudo], dim=1)
 
-    def logits(self, data, rows):
+    def logits(self, data, rows, anchors):
         t = self.target[0]
         layer, k = self.heads.layer, self.heads.num_future
         x = data.hidden[layer][rows].to(self.head.device).float()  # [B, S, D] real states
         B, S, D = x.shape
-        p = self.heads(x).reshape(B, S * k, D)  # pseudo states, anchor-major
+        anchors = anchors.to(x.device)
+        A = len(anchors)
+        p = self.heads(x[:, anchors]).reshape(B, A * k, D)  # pseudo states, anchor-major
         real_pos = torch.arange(S, device=x.device)
-        pseudo_pos = real_pos.repeat_interleave(k) + torch.arange(1, k + 1, device=x.device).repeat(S)
-        mask = self.mask(S, k, x.device)
+        pseudo_pos = anchors.repeat_interleave(k) + torch.arange(1, k + 1, device=x.device).repeat(A)
+        mask = self.mask(S, anchors, k)
         for block in t.layers[layer:]:
             with torch.no_grad():
                 qr, kr, vr = project(block, x, real_pos, t.inv_freq)
@@ -122,12 +125,12 @@ class HiddenTransferObjective(Objective):
             qp, kp, vp = project(block, p, pseudo_pos, t.inv_freq)
             attn = attend(qp, torch.cat([kr, kp], dim=2), torch.cat([vr, vp], dim=2), mask)
             p, x = finish(block, p, attn), x_next
-        out = rms_norm(p, t.norm, t.config.rms_norm_eps).view(B, S, k, D)
+        out = rms_norm(p, t.norm, t.config.rms_norm_eps).view(B, A, k, D)
         return {i: out[:, :, i - 1] @ self.head.T for i in self.steps}
 
 
-def step_targets(obj: Objective, data: TeacherData, rows: torch.Tensor, i: int):
-    """For future step i at every anchor s: the teacher's top-k token ids at position s + i, their
+def step_targets(obj: Objective, data: TeacherData, rows: torch.Tensor, i: int, anchors: torch.Tensor):
+    """For future step i at each anchor s: the teacher's top-k token ids at position s + i, their
     probabilities, and whether the anchor counts (s + i is a reply position)."""
     S = data.tokens.shape[1]
     ids = torch.zeros((len(rows), S) + data.top_ids.shape[2:], dtype=torch.long)
@@ -138,14 +141,25 @@ def step_targets(obj: Objective, data: TeacherData, rows: torch.Tensor, i: int):
         probs[:, : S - i] = data.top_probs[rows, i:].float()
         valid[:, : S - i] = data.loss_mask[rows, i:]
     dev = obj.head.device
-    return ids.to(dev), probs.to(dev), valid.to(dev)
+    return ids[:, anchors].to(dev), probs[:, anchors].to(dev), valid[:, anchors].to(dev)
+
+
+def anchors_of(obj: Objective, data: TeacherData, rows: torch.Tensor) -> torch.Tensor:
+    """Positions where some sequence of ``rows`` has a reply token to predict at some step (the
+    others cost compute and teach nothing)."""
+    mask, S = data.loss_mask[rows], data.tokens.shape[1]
+    useful = torch.zeros(S, dtype=torch.bool)
+    for i in obj.steps:
+        useful[: S - i] |= mask[:, i:].any(0)
+    return useful.nonzero().flatten()
 
 
 def losses(obj: Objective, data: TeacherData, rows: torch.Tensor) -> tuple[torch.Tensor, dict[int, list[int]]]:
     """Mean soft cross-entropy over steps and anchors, and per step [top-1 agreements, anchors]."""
     total, count, hits = 0.0, 0, {}
-    for i, logits in obj.logits(data, rows).items():
-        ids, probs, valid = step_targets(obj, data, rows, i)
+    anchors = anchors_of(obj, data, rows)
+    for i, logits in obj.logits(data, rows, anchors).items():
+        ids, probs, valid = step_targets(obj, data, rows, i, anchors)
         ids, probs, logits = ids[valid], probs[valid], logits[valid]  # [M, K], [M, K], [M, V']
         short = obj.index[ids]
         probs = probs * (short >= 0)  # teacher mass outside the shortlist is dropped
@@ -251,8 +265,9 @@ def train(
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
+        loss = float(loss.detach())
         state.update(step=step + 1, seen=state["seen"] + int(data.loss_mask[rows].sum()),
-                     loss=0.9 * state["loss"] + 0.1 * float(loss) if step else float(loss),
+                     loss=0.9 * state["loss"] + 0.1 * loss if step else loss,
                      seconds=time.perf_counter() - start)
         bar.update(1)
         bar.set_postfix(loss=f"{state['loss']:.3f}")
