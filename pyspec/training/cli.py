@@ -103,7 +103,8 @@ def run_training(args, argv) -> None:
     target = load_model(TARGET)
     data, held = load_teacher("train", args.sequences), load_teacher("held_out", args.held_out)
     name = default_name(args.kind, args.layers)
-    checkpoint = cache_root() / "training" / "checkpoints" / name.replace(".safetensors", ".ckpt")
+    run = name.removesuffix(".safetensors") + (f"-t{args.layers}" if args.kind == "hidden-transfer" else "")
+    checkpoint = cache_root() / "training" / "checkpoints" / f"{run}{'-sweep' if args.no_save else ''}.ckpt"
     obj, summary = train(config, target, data, held, checkpoint)
     print(json.dumps({"kind": args.kind, "layers": args.layers, **summary}))
     if args.no_save:

@@ -243,13 +243,17 @@ def train(
         opt, lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(s / total_steps, 1.0))))
     )
     state = {"step": 0, "seen": 0, "loss": float("nan"), "seconds": 0.0}
-    if checkpoint.exists():
+    resumed_from = 0
+    if checkpoint.exists():  # same run (a longer budget continues it), else start over
         saved = torch.load(checkpoint, weights_only=False)
-        if saved["config"] == config.__dict__:
+        same = ("tokens", "checkpoint_every")
+        if {k: v for k, v in saved["config"].items() if k not in same} == {
+            k: v for k, v in config.__dict__.items() if k not in same
+        }:
             obj.load_state_dict(saved["model"])
             opt.load_state_dict(saved["optimizer"])
             sched.load_state_dict(saved["scheduler"])
-            state = saved["state"]
+            state, resumed_from = saved["state"], saved["state"]["step"]
     order = torch.randperm(len(data.ids), generator=torch.Generator().manual_seed(config.seed))
     bar = tqdm(total=total_steps, initial=state["step"], desc=config.kind, disable=not progress)
     start = time.perf_counter() - state["seconds"]
@@ -277,7 +281,8 @@ def train(
                         "scheduler": sched.state_dict(), "state": state}, checkpoint)
     bar.close()
     result = evaluate(obj, held_out)
-    summary = {"steps": state["step"], "tokens_seen": state["seen"], "train_loss": state["loss"],
+    summary = {"steps": state["step"], "resumed_from": resumed_from, "tokens_seen": state["seen"],
+               "train_loss": state["loss"],
                "seconds": round(state["seconds"], 1), "device": device,
                "held_out_loss": result["loss"], "held_out_top1": result["top1"]}
     return obj.cpu(), summary
