@@ -66,12 +66,15 @@ bench-heavy: setup qwen
 # the ShareGPT split, the target's teacher data, the hidden-transfer layer sweep (held-out accuracy
 # only), then the weights shipped in pyspec/weights/ with their manifests. Resumable: rerun to go on.
 SWEEP_LAYERS ?= 28 25 22 18
-HT_LAYER ?= 25
+HT_LAYER ?= 22
 train-drafts: setup
 	$(PY) -m pyspec.training split
 	$(PY) -m pyspec.training teacher --split held_out --sequences 32
 	$(PY) -m pyspec.training teacher --split train --sequences 400
-	for t in $(SWEEP_LAYERS); do $(PY) -m pyspec.training train hidden-transfer --layers $$t --tokens 15000 --no-save; done
+	mkdir -p results/drafts && rm -f results/drafts/hidden_transfer_sweep.jsonl
+	for t in $(SWEEP_LAYERS); do $(PY) -m pyspec.training train hidden-transfer --layers $$t --tokens 15000 \
+	    --no-save >> results/drafts/hidden_transfer_sweep.jsonl || exit 1; done
+	$(PY) -m pyspec.training train medusa --tokens 15000 --no-save >> results/drafts/hidden_transfer_sweep.jsonl
 	$(PY) -m pyspec.training train hidden-transfer --layers $(HT_LAYER) --tokens 60000
 	$(PY) -m pyspec.training train medusa --tokens 60000
 	$(PY) -m pyspec.training train draft-lm --layers 1 --tokens 120000

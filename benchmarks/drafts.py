@@ -104,8 +104,10 @@ def main() -> None:
 
     summary: dict = {}
     for ds in datasets:
-        print(f"\n{ds} ({len(datasets[ds])} prompts x {args.repeats} repeats, {max_new} new tokens, greedy, "
-              f"batch 1, {args.threads} threads)")
+        print(
+            f"\n{ds} ({len(datasets[ds])} prompts x {args.repeats} repeats, {max_new} new tokens, greedy, "
+            f"batch 1, {args.threads} threads)"
+        )
         print(f"{'mode':24} {'MAT':>5} {'tok/s':>7} {'speed-up':>9} {'per-prompt median [min, max]':>30}")
         for name in ["autoregressive"] + names:
             r = rows[(ds, name)]
@@ -113,18 +115,25 @@ def main() -> None:
             ar = sum(x[3] for x in r)
             per = [x[3] / x[1] for x in r]
             summary.setdefault(name, {})[ds] = (tokens, secs, passes, ar)
-            print(f"{name:24} {tokens / passes:5.2f} {tokens / secs:7.1f} {ar / secs:8.2f}x "
-                  f"{statistics.median(per):14.2f} [{min(per):.2f}, {max(per):.2f}]")
+            print(
+                f"{name:24} {tokens / passes:5.2f} {tokens / secs:7.1f} {ar / secs:8.2f}x "
+                f"{statistics.median(per):14.2f} [{min(per):.2f}, {max(per):.2f}]"
+            )
     both = {name: [sum(v[j] for v in summary[name].values()) for j in range(4)] for name in names}
     speedups = {k: round(both[m][3] / both[m][1], 3) for k, m in HEADLINE.items() if m in both}
     if "ngram>1l>3l" in both:
         speedups["hierarchy"] = round(both["ngram>1l>3l"][3] / both["ngram>1l>3l"][1], 3)
     print(f"\nlossless: {lossless}")
-    print(json.dumps({
-        "mat": {k: round(both[m][0] / both[m][2], 3) for k, m in HEADLINE.items() if m in both},
-        "speedup_vs_ar": speedups,
-        "lossless": lossless,
-    }))
+    print(
+        json.dumps(
+            {
+                "mat": {k: round(both[m][0] / both[m][2], 3) for k, m in HEADLINE.items() if m in both},
+                "speedup_vs_ar": speedups,
+                "lossless": lossless,
+            }
+        )
+    )
+
 
 if __name__ == "__main__":
     main()

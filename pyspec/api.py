@@ -91,6 +91,8 @@ def generate(
     Speculative decoding (lossless: the same greedy tokens, the same sampling distribution) when
     ``drafts`` is given: a stack bottom to top, e.g. ``["ngram"]``, ``[draft_model]`` or
     ``["ngram", small, larger]`` (hierarchical), with ``block_sizes`` tokens per level (default 4);
+    trained drafts by name (``"draft-lm-1l"``, ``"draft-lm-3l"`` as levels; ``["medusa"]`` or
+    ``["hidden-transfer"]`` alone, see :mod:`pyspec.drafters.trained`);
     or any :class:`pyspec.drafters.Drafter`. ``tree``: the top draft proposes a token tree instead of a
     chain: a single draft model any :class:`TreeShape` (or per-depth widths such as ``[3, 2, 1]``),
     the top level of a stack per-depth widths (its chain plus sibling candidates);

@@ -53,8 +53,11 @@ def test_functional_forward_matches_the_runtime(model):
     batch = StepBatch.build(cache, [seq], [tokens])
     with torch.inference_mode():
         runtime = model(batch, cache, logits_rows=torch.arange(len(tokens))).logits
-        x, _ = causal_layers(model.layers, torch.nn.functional.embedding(torch.tensor([tokens]), model.embed_tokens),
-                             model.inv_freq)
+        x, _ = causal_layers(
+            model.layers,
+            torch.nn.functional.embedding(torch.tensor([tokens]), model.embed_tokens),
+            model.inv_freq,
+        )
         from pyspec.models.llama import rms_norm
 
         ours = rms_norm(x[0], model.norm, model.config.rms_norm_eps) @ model.head_weight.T
@@ -80,8 +83,9 @@ def test_training_lowers_the_loss_and_resumes(model, teacher, kind, layers, tmp_
     """A few steps on 3 sequences lower the held-out loss of each kind; a longer run resumes from
     the checkpoint of a shorter one instead of starting over."""
     per_step = teacher.num_tokens // len(teacher.ids)  # reply positions per sequence (batch 1)
-    cfg = TrainConfig(kind, tokens=4 * per_step, layers=layers, shortlist=2048, batch_size=1, lr=3e-3,
-                      checkpoint_every=1)
+    cfg = TrainConfig(
+        kind, tokens=4 * per_step, layers=layers, shortlist=2048, batch_size=1, lr=3e-3, checkpoint_every=1
+    )
     ckpt = tmp_path / "run.ckpt"
     _, first = train(cfg, model, teacher, teacher, ckpt, progress=False)
     assert first["steps"] == 4 and first["tokens_seen"] > 0
@@ -182,8 +186,12 @@ def test_heads_sampling_matches_the_target(model, name):
         counts[tuple(o.tokens)] = counts.get(tuple(o.tokens), 0) + 1
     tv = 0.5 * sum(abs(counts.get(k, 0) / n - exact.get(k, 0.0)) for k in set(counts) | set(exact))
     keys = list(exact)
-    draws = torch.multinomial(torch.tensor([exact[k] for k in keys]), n * 400, replacement=True,
-                              generator=torch.Generator().manual_seed(0))
+    draws = torch.multinomial(
+        torch.tensor([exact[k] for k in keys]),
+        n * 400,
+        replacement=True,
+        generator=torch.Generator().manual_seed(0),
+    )
     null = []
     for chunk in draws.view(400, n):
         c = torch.bincount(chunk, minlength=len(keys)).float() / n

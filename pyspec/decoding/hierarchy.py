@@ -181,10 +181,14 @@ def build_stack(
         raise ValueError("no drafts given")
     if any(d in HEADS for d in drafts if isinstance(d, str)):
         if len(drafts) != 1:
-            raise ValueError("Medusa heads and hidden transfer draft from the target's own pass: "
-                             "they are the only draft, not a level of a stack")
+            raise ValueError(
+                "Medusa heads and hidden transfer draft from the target's own pass: "
+                "they are the only draft, not a level of a stack"
+            )
         heads = load_heads(target, drafts[0])
-        widths = list(tree) if tree is not None and not isinstance(tree, TreeShape) else [1] * heads.num_future
+        widths = (
+            list(tree) if tree is not None and not isinstance(tree, TreeShape) else [1] * heads.num_future
+        )
         if isinstance(tree, TreeShape):
             raise ValueError("heads take a tree as per-depth widths, e.g. [3, 2, 1]")
         return HeadsDrafter(heads, widths)
@@ -205,8 +209,10 @@ def build_stack(
     for level, (draft, block) in enumerate(zip(drafts, block_sizes, strict=True)):
         if isinstance(draft, str):
             if draft != "ngram":
-                raise ValueError(f"unknown draft {draft!r}: use 'ngram', {', '.join(HEADS)}, a trained "
-                                 "'draft-lm-N' or a model")
+                raise ValueError(
+                    f"unknown draft {draft!r}: use 'ngram', {', '.join(HEADS)}, a trained "
+                    "'draft-lm-N' or a model"
+                )
             if level:
                 raise ValueError(
                     "the n-gram drafter has no distributions to verify with: it must be the bottom level"

@@ -52,7 +52,9 @@ class FutureHeads(nn.Module):
         """Writes ``path`` (safetensors, float weights in fp16) and ``path.with_suffix('.json')`` (the
         manifest)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in self.state_dict().items()}
+        state = {
+            k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in self.state_dict().items()
+        }
         save_file(state, str(path), self.metadata())
         path.with_suffix(".json").write_text(json.dumps(manifest, indent=1) + "\n")
 
@@ -61,7 +63,9 @@ class FutureHeads(nn.Module):
         """Loads heads saved by :meth:`save`, of whichever kind they are.
 
         Example:
-            >>> heads = FutureHeads.load(WEIGHTS_DIR / "smollm2-135m-instruct" / "medusa.safetensors")  # doctest: +SKIP
+            >>> path = WEIGHTS_DIR / "smollm2-135m-instruct" / "medusa.safetensors"
+            >>> FutureHeads.load(path).num_future  # doctest: +SKIP
+            3
         """
         from safetensors import safe_open
 

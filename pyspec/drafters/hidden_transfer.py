@@ -44,9 +44,13 @@ class FutureHeadsRunner(ModelRunner):
 
     def __init__(self, model: LlamaModel, heads: FutureHeads, num_pages: int, page_size: int = 16) -> None:
         if heads.hidden_size != model.config.hidden_size:
-            raise ValueError(f"heads of hidden size {heads.hidden_size} for a model of {model.config.hidden_size}")
+            raise ValueError(
+                f"heads of hidden size {heads.hidden_size} for a model of {model.config.hidden_size}"
+            )
         if isinstance(heads, HiddenTransfer) and not 1 <= heads.layer < model.config.num_layers:
-            raise ValueError(f"hidden transfer at layer {heads.layer} for a model of {model.config.num_layers}")
+            raise ValueError(
+                f"hidden transfer at layer {heads.layer} for a model of {model.config.num_layers}"
+            )
         super().__init__(model, num_pages, page_size)
         self.heads = heads.to(model.embed_tokens.device)
         self.short_head = model.head_weight[heads.shortlist.to(model.embed_tokens.device)].contiguous()
@@ -61,12 +65,19 @@ class FutureHeadsRunner(ModelRunner):
     def run(self, keys, new_tokens, parents, rows):
         start = time.perf_counter()
         seqs = [self._seq[key] for key in keys]
-        chains = None if all(p is None for p in parents) else [
-            torch.arange(-1, len(t) - 1) if p is None else p for t, p in zip(new_tokens, parents, strict=True)
-        ]
+        chains = (
+            None
+            if all(p is None for p in parents)
+            else [
+                torch.arange(-1, len(t) - 1) if p is None else p
+                for t, p in zip(new_tokens, parents, strict=True)
+            ]
+        )
         real = StepBatch.build(self.cache, seqs, [list(t) for t in new_tokens], parents=chains)
         offsets = real.qo_indptr[:-1].tolist()
-        flat = torch.tensor([offsets[b] + r for b, rs in enumerate(rows) for r in rs], dtype=torch.long)
+        flat = torch.tensor(
+            [offsets[b] + r for b, rs in enumerate(rows) for r in rs], device=real.tokens.device
+        )
         with torch.inference_mode():
             if isinstance(self.heads, HiddenTransfer):
                 final, states = self._forward_transfer(seqs, new_tokens, chains, rows, real, flat)
@@ -98,9 +109,13 @@ class FutureHeadsRunner(ModelRunner):
             feeds.append(list(toks) + [0] * (k * len(rs)))
         full = StepBatch.build(self.cache, seqs, feeds, parents=trees)  # same slots for the real nodes
         starts = full.qo_indptr[:-1].tolist()
-        to_full = torch.tensor([starts[b] + j for b, toks in enumerate(new_tokens) for j in range(len(toks))])
+        device = real.tokens.device
+        to_full = torch.tensor(
+            [starts[b] + j for b, toks in enumerate(new_tokens) for j in range(len(toks))], device=device
+        )
         pseudo = torch.tensor(
-            [starts[b] + len(new_tokens[b]) + j for b, rs in enumerate(rows) for j in range(k * len(rs))]
+            [starts[b] + len(new_tokens[b]) + j for b, rs in enumerate(rows) for j in range(k * len(rs))],
+            device=device,
         )
         x, batch = torch.nn.functional.embedding(real.tokens, m.embed_tokens), real
         for i, layer in enumerate(m.layers):
@@ -131,7 +146,9 @@ class HeadsDrafter(Drafter):
     ``widths[d]``: candidates at depth d + 1, the best of future step d + 1; every node of depth d has
     the same children (Medusa's cartesian tree). Example: ``[3, 1, 1]`` is 3 + 3 + 3 nodes."""
 
-    def __init__(self, heads: FutureHeads, widths: Sequence[int] = (1, 1, 1), name: str | None = None) -> None:
+    def __init__(
+        self, heads: FutureHeads, widths: Sequence[int] = (1, 1, 1), name: str | None = None
+    ) -> None:
         widths = list(widths)
         if not widths or min(widths) < 1 or len(widths) > heads.num_future:
             raise ValueError(f"widths must be 1..{heads.num_future} positive counts, got {widths}")
@@ -144,8 +161,12 @@ class HeadsDrafter(Drafter):
     def target_runner(self, model: LlamaModel, max_lengths: Sequence[int]) -> ModelRunner:
         """The runner the target's verifier uses: it computes this drafter's distributions. Hidden
         transfer needs room for k uncommitted pseudo nodes per scored row."""
-        scratch = self.heads.num_future * (self.max_draft + 1) if isinstance(self.heads, HiddenTransfer) else 0
-        self.runner = FutureHeadsRunner(model, self.heads, pages_needed([n + scratch for n in max_lengths], 16))
+        scratch = (
+            self.heads.num_future * (self.max_draft + 1) if isinstance(self.heads, HiddenTransfer) else 0
+        )
+        self.runner = FutureHeadsRunner(
+            model, self.heads, pages_needed([n + scratch for n in max_lengths], 16)
+        )
         self.vocab_size = model.config.vocab_size
         return self.runner
 

@@ -37,7 +37,8 @@ def _missing(target: LlamaModel, name: str) -> FileNotFoundError:
     have = trained_drafts(target)
     return FileNotFoundError(
         f"no trained draft {name!r} for {getattr(target, 'name', 'this model')}: "
-        f"{'available: ' + ', '.join(have) if have else 'none is shipped'} (train one with python -m pyspec.training)"
+        f"{'available: ' + ', '.join(have) if have else 'none is shipped'} "
+        "(train one with python -m pyspec.training)"
     )
 
 

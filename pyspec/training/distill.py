@@ -154,7 +154,9 @@ def anchors_of(obj: Objective, data: TeacherData, rows: torch.Tensor) -> torch.T
     return useful.nonzero().flatten()
 
 
-def losses(obj: Objective, data: TeacherData, rows: torch.Tensor) -> tuple[torch.Tensor, dict[int, list[int]]]:
+def losses(
+    obj: Objective, data: TeacherData, rows: torch.Tensor
+) -> tuple[torch.Tensor, dict[int, list[int]]]:
     """Mean soft cross-entropy over steps and anchors, and per step [top-1 agreements, anchors]."""
     total, count, hits = 0.0, 0, {}
     anchors = anchors_of(obj, data, rows)
@@ -229,7 +231,8 @@ def train(
     trainable part holds the weights) and a summary (steps, tokens seen, losses, held-out top-1).
 
     Example:
-        >>> obj, summary = train(TrainConfig("medusa", tokens=20000), target, data, held, Path("m.ckpt"))  # doctest: +SKIP
+        >>> config = TrainConfig("medusa", tokens=20000)
+        >>> obj, summary = train(config, target, data, held, Path("m.ckpt"))  # doctest: +SKIP
     """
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(config.seed)
@@ -261,7 +264,9 @@ def train(
         step = state["step"]
         epoch, offset = divmod(step * config.batch_size, len(order))
         if offset == 0 and epoch:
-            order = torch.randperm(len(data.ids), generator=torch.Generator().manual_seed(config.seed + epoch))
+            order = torch.randperm(
+                len(data.ids), generator=torch.Generator().manual_seed(config.seed + epoch)
+            )
         rows = order[offset : offset + config.batch_size]
         loss, hits = losses(obj, data, rows)
         opt.zero_grad(set_to_none=True)
@@ -270,21 +275,38 @@ def train(
         opt.step()
         sched.step()
         loss = float(loss.detach())
-        state.update(step=step + 1, seen=state["seen"] + int(data.loss_mask[rows].sum()),
-                     loss=0.9 * state["loss"] + 0.1 * loss if step else loss,
-                     seconds=time.perf_counter() - start)
+        state.update(
+            step=step + 1,
+            seen=state["seen"] + int(data.loss_mask[rows].sum()),
+            loss=0.9 * state["loss"] + 0.1 * loss if step else loss,
+            seconds=time.perf_counter() - start,
+        )
         bar.update(1)
         bar.set_postfix(loss=f"{state['loss']:.3f}")
         if state["step"] % config.checkpoint_every == 0 or state["step"] == total_steps:
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"config": config.__dict__, "model": obj.state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(), "state": state}, checkpoint)
+            torch.save(
+                {
+                    "config": config.__dict__,
+                    "model": obj.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "state": state,
+                },
+                checkpoint,
+            )
     bar.close()
     result = evaluate(obj, held_out)
-    summary = {"steps": state["step"], "resumed_from": resumed_from, "tokens_seen": state["seen"],
-               "train_loss": state["loss"],
-               "seconds": round(state["seconds"], 1), "device": device,
-               "held_out_loss": result["loss"], "held_out_top1": result["top1"]}
+    summary = {
+        "steps": state["step"],
+        "resumed_from": resumed_from,
+        "tokens_seen": state["seen"],
+        "train_loss": state["loss"],
+        "seconds": round(state["seconds"], 1),
+        "device": device,
+        "held_out_loss": result["loss"],
+        "held_out_top1": result["top1"],
+    }
     return obj.cpu(), summary
 
 

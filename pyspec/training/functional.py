@@ -42,8 +42,10 @@ def finish(layer: DecoderLayer, x: torch.Tensor, attn: torch.Tensor) -> torch.Te
     c = layer.config
     x = x + F.linear(attn, layer.o_proj.weight)
     h = rms_norm(x, layer.post_attention_layernorm, c.rms_norm_eps)
-    return x + F.linear(F.silu(F.linear(h, layer.gate_proj.weight)) * F.linear(h, layer.up_proj.weight),
-                        layer.down_proj.weight)
+    return x + F.linear(
+        F.silu(F.linear(h, layer.gate_proj.weight)) * F.linear(h, layer.up_proj.weight),
+        layer.down_proj.weight,
+    )
 
 
 def causal_layers(

