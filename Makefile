@@ -68,7 +68,6 @@ bench-heavy: setup qwen
 SWEEP_LAYERS ?= 28 25 22 18
 HT_LAYER ?= 22
 train-drafts: setup
-	$(PY) -m pyspec.training split
 	$(PY) -m pyspec.training teacher --split held_out --sequences 32
 	$(PY) -m pyspec.training teacher --split train --sequences 400
 	mkdir -p results/drafts && rm -f results/drafts/hidden_transfer_sweep.jsonl

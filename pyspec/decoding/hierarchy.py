@@ -185,13 +185,10 @@ def build_stack(
                 "Medusa heads and hidden transfer draft from the target's own pass: "
                 "they are the only draft, not a level of a stack"
             )
-        heads = load_heads(target, drafts[0])
-        widths = (
-            list(tree) if tree is not None and not isinstance(tree, TreeShape) else [1] * heads.num_future
-        )
         if isinstance(tree, TreeShape):
             raise ValueError("heads take a tree as per-depth widths, e.g. [3, 2, 1]")
-        return HeadsDrafter(heads, widths)
+        heads = load_heads(target, drafts[0])
+        return HeadsDrafter(heads, [1] * heads.num_future if tree is None else list(tree))
     drafts = [  # trained draft LMs by name ("draft-lm-1l")
         load_draft_model(target, d) if isinstance(d, str) and d.startswith("draft-lm-") else d for d in drafts
     ]

