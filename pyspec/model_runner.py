@@ -56,6 +56,14 @@ class ModelRunner:
         self._seq[key] = self.cache.add_sequence()
         self._cached[key] = []
 
+    def fork(self, parent: Hashable, child: Hashable) -> None:
+        """Starts ``child`` with ``parent``'s committed KV: pages shared, not copied; the first write
+        into a shared, partly filled page copies it (APAR, :mod:`pyspec.decoding.apar`)."""
+        if child in self._seq:
+            raise KeyError(f"sequence {child!r} is already running")
+        self._seq[child] = self.cache.fork(self._seq[parent])
+        self._cached[child] = list(self._cached[parent])
+
     def release(self, key: Hashable) -> None:
         """Frees a finished sequence's pages."""
         self.cache.release(self._seq.pop(key))

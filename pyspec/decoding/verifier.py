@@ -4,7 +4,7 @@ the exact acceptance rules of :mod:`pyspec.verify`, then KV compaction to the ac
 from __future__ import annotations
 
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -62,6 +62,7 @@ class Verifier:
         generators: Sequence[torch.Generator],
         alternatives: int = 0,
         pad_inputs: bool = False,
+        banned: Sequence[Callable[[int], Sequence[int]]] | None = None,
     ) -> list[Verified]:
         """Scores every sequence's context tail and draft tree in one pass and keeps what is accepted.
 
@@ -70,7 +71,10 @@ class Verifier:
         ``pad_inputs``: pad every draft to the longest in the batch (padding appended after the tree,
         run through every layer and the LM head, then discarded), as batched decoding with rectangular
         inputs and logits does; for measuring what padding costs (:mod:`pyspec.decoding.engine`).
-        Results are the same."""
+        Results are the same.
+        ``banned``: per sequence, a function from the token before a scored position to the token ids
+        that position may not produce (their logits become -inf before acceptance, so the verified
+        distribution is the banned one; APAR's control-token rules)."""
         start = time.perf_counter()
         feeds, trees, rows, pending = [], [], [], []
         for key, ctx, d in zip(keys, contexts, drafts, strict=True):
@@ -96,6 +100,11 @@ class Verifier:
                 rows[b].extend(range(len(f) - pad, len(f)))
         logits = self.runner.run(keys, feeds, trees, rows)  # per sequence [n + 1 (+ padding), vocab]
         logits = [x[: len(d) + 1] for x, d in zip(logits, drafts, strict=True)]
+        if banned is not None:
+            logits = [x.clone() for x in logits]  # the runner's are inference tensors
+            for x, ctx, d, ban in zip(logits, contexts, drafts, banned, strict=True):
+                for row, before in enumerate([ctx[-1], *d.tokens]):
+                    x[row, list(ban(before))] = float("-inf")
 
         N = max(len(d) for d in drafts)
         tokens = torch.zeros(len(keys), N, dtype=torch.long)

@@ -30,8 +30,6 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-
 
 class FutureHeads(nn.Module):
     """Common ground: ``num_future`` future tokens, a vocabulary shortlist, safetensors I/O."""

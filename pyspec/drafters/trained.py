@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pyspec.drafters.heads import WEIGHTS_DIR, FutureHeads
+from pyspec.drafters.heads import FutureHeads
 from pyspec.models.llama import LlamaModel
+from pyspec.models.loading import WEIGHTS_DIR
 
 HEADS = ("medusa", "hidden-transfer")
 

@@ -24,6 +24,7 @@ import torch
 from pyspec.models.config import ModelConfig
 
 CACHE_ENV = "PYSPEC_CACHE"
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"  # trained drafts and adapters
 QWEN_PARTS = 22
 
 

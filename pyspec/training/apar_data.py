@@ -17,9 +17,9 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from pyspec.models.adapters import CHILD, FORK
 from pyspec.training.sharegpt import Conversation, conversations
 
-FORK, CHILD = "[Fork]", "[Child]"
 MIN_ITEMS = 3  # numbered items (or paragraphs) a reply needs to be structured
 MAX_HEAD_CHARS = 90  # an item's head ("3. Title:") is at most this long
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pyspec.training.apar_data import CHILD, FORK, Example, Recipe
+from pyspec.models.adapters import CHILD, FORK, hf_model_with_control_tokens
+from pyspec.training.apar_data import Example, Recipe
 from pyspec.tree import ancestor_mask, depths
 
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -38,17 +39,6 @@ class TuneConfig:
     warmup_steps: int = 5
     step_tokens: int = 2048  # packed tokens per optimiser step
     seed: int = 0
-
-
-def hf_model_with_control_tokens(folder: Path, dtype: torch.dtype = torch.float32):
-    """The target as a ``transformers`` model and tokenizer, with ``[Fork]``/``[Child]`` added."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    tokenizer.add_special_tokens({"additional_special_tokens": [FORK, CHILD]})
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
-    model.resize_token_embeddings(len(tokenizer))  # new rows: mean and covariance of the old ones
-    return model, tokenizer
 
 
 def with_adapter(model, config: TuneConfig, tokenizer):

@@ -112,9 +112,9 @@ def run_apar(args, argv) -> None:
     import json
     import sys
 
-    from pyspec.drafters.heads import WEIGHTS_DIR
+    from pyspec.models.adapters import adapter_dir, hf_model_with_control_tokens
     from pyspec.models.loading import resolve
-    from pyspec.training.apar_tune import TuneConfig, hf_model_with_control_tokens, tune, write_manifest
+    from pyspec.training.apar_tune import TuneConfig, tune, write_manifest
     from pyspec.training.sharegpt import HELD_OUT_PERCENT
 
     config = TuneConfig(
@@ -128,7 +128,7 @@ def run_apar(args, argv) -> None:
         _, stats = Recipe(tokenizer, config.max_tokens).build("train", config.structured, progress=True)
         print(json.dumps(stats.summary()))
         return
-    out = args.out or WEIGHTS_DIR / TARGET / "apar"
+    out = args.out or adapter_dir(TARGET)
     checkpoint = cache_root() / "training" / "checkpoints" / f"apar-r{args.rank}.ckpt"
     _, summary = tune(config, folder, out, checkpoint)
     print(json.dumps(summary))
@@ -153,8 +153,8 @@ def run_training(args, argv) -> None:
     import sys
 
     from pyspec.api import load_model
-    from pyspec.drafters.heads import WEIGHTS_DIR
     from pyspec.models.draft_lm import save_draft_lm
+    from pyspec.models.loading import WEIGHTS_DIR
     from pyspec.training.distill import TrainConfig, train, trained_module
     from pyspec.training.sharegpt import HELD_OUT_PERCENT
 

@@ -1,0 +1,206 @@
+"""APAR: the ShareGPT recipe, the fine-tuned model, and forked decoding with shared-prefix KV.
+
+The model is the real SmolLM2-135M-Instruct with the shipped APAR adapter merged. Within a stream
+decoding must be exact: every stream's tokens are the greedy choices of the model over that stream's
+own context (prompt, parent up to the fork, ``[Fork]``, ``[Child]``) under APAR's bans, recomputed
+here without any cache sharing.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pyspec.api import encode_prompts
+from pyspec.batch import StepBatch
+from pyspec.decoding.apar import generate_apar, trim_draft
+from pyspec.decoding.hierarchy import build_stack
+from pyspec.drafters.base import Draft
+from pyspec.kv_cache import OutOfPagesError
+from pyspec.models.adapters import CHILD, FORK, adapter_dir, load_apar_model
+from pyspec.sampling import SamplingParams
+from pyspec.training.apar_data import Recipe, is_clean, reply_tree
+from pyspec.training.sharegpt import conversations
+
+STRUCTURED = [
+    "Give me a numbered list of five tips for learning a new language, with a short explanation each.",
+    "What are the main causes of climate change? Answer as a numbered list.",
+]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_apar_model()
+
+
+@pytest.fixture(scope="module")
+def outputs(model):
+    ids = encode_prompts(model, STRUCTURED)
+    return ids, generate_apar(model, ids, max_new_tokens=40, max_streams=6)
+
+
+# The recipe -----------------------------------------------------------------------------------------
+
+
+def test_list_reply_is_cut_into_heads_and_children():
+    reply = "Here you go:\n\n1. Sleep: eight hours.\n   More rest.\n2. Eat: greens.\n3. Walk: daily.\n\nBye."
+    tree = reply_tree(reply)
+    assert tree.kind == "list"
+    assert tree.heads == ("Here you go:\n\n1. Sleep:", "2. Eat:", "3. Walk:", "\n\nBye.")
+    assert tree.children == (" eight hours.\n   More rest.\n", " greens.\n", " daily.")
+    assert tree.text() == reply
+
+
+def test_paragraph_fallback_and_filters():
+    reply = "One. Two.\n\nThree. Four.\n\nFive. Six."
+    tree = reply_tree(reply)
+    assert tree.kind == "paragraphs" and tree.heads[0] == "One." and tree.children[0] == " Two.\n\n"
+    assert tree.text() == reply
+    assert reply_tree("One.\n\nTwo.") is None  # too few paragraphs
+    assert not is_clean("See https://example.org for more.")
+    assert not is_clean("Use `pip install` first.")
+    assert not is_clean("So 3 * 4 = 12.")
+
+
+def test_every_sharegpt_tree_reassembles_its_reply():
+    seen = 0
+    for i, conv in enumerate(conversations("train")):
+        if i == 400:
+            break
+        tree = reply_tree(conv.reply)
+        if tree is not None:
+            assert tree.text() == conv.reply
+            assert len(tree.heads) == len(tree.children) + 1 >= 4
+            seen += 1
+    assert seen > 50
+
+
+def test_packed_example_gives_each_child_its_own_context(model):
+    recipe = Recipe(model.tokenizer, max_tokens=2048)
+    examples, stats = recipe.build("train", structured=4)
+    fork, child = model.tokenizer.convert_tokens_to_ids([FORK, CHILD])
+    assert stats.summary()["examples"]["main"] == 4 and stats.unstructured == 4
+    tree = next(e for e in examples if e.streams > 1)
+    starts = [i for i, t in enumerate(tree.tokens) if t == child]
+    assert len(starts) == tree.streams - 1
+    for i in starts:
+        assert tree.tokens[tree.parents[i]] == fork and not tree.targets[i]  # [Child] is forced
+    assert all(p < i for i, p in enumerate(tree.parents))
+    plain = next(e for e in examples if e.streams == 1)
+    assert fork not in plain.tokens and plain.parents == list(range(-1, len(plain.tokens) - 1))
+
+
+# Decoding ---------------------------------------------------------------------------------------------
+
+
+def _reference_tokens(model, context: list[int], start: int, may_fork: bool) -> list[int]:
+    """Greedy tokens after ``context[:start]`` recomputed in one fresh causal pass over the stream's
+    context, with APAR's bans: [Child] never, [Fork] not after a control token (nor when forbidden)."""
+    fork, child = model.control_tokens
+    cache = model.new_cache(num_pages=len(context) // 16 + 2)
+    seq = cache.add_sequence()
+    batch = StepBatch.build(cache, [seq], [context[:-1]])
+    rows = torch.arange(start - 1, len(context) - 1)
+    with torch.inference_mode():
+        logits = model(batch, cache, logits_rows=rows).logits.clone()
+    for r, before in enumerate(context[start - 1 : -1]):
+        logits[r, child] = float("-inf")
+        if not may_fork or before in (fork, child):
+            logits[r, fork] = float("-inf")
+    return logits.argmax(-1).tolist()
+
+
+def test_every_stream_is_the_models_own_greedy_decoding(model, outputs):
+    _, outs = outputs
+    assert sum(o.stats["forks"] for o in outs) >= 3, "the fine-tuned model should fork on list questions"
+    fork, child = model.control_tokens
+    for out in outs:
+        for i, s in enumerate(out.streams):
+            start = len(s["context"]) - len(s["tokens"])
+            assert s["tokens"] and s["context"][start:] == s["tokens"]
+            if s["parent"] is not None:  # the parent's context up to this child's [Fork], then [Child]
+                parent = out.streams[s["parent"]]
+                nth = [j for j, o in enumerate(out.streams) if o["parent"] == s["parent"]].index(i)
+                p_start = len(parent["context"]) - len(parent["tokens"])
+                at = [j for j, t in enumerate(parent["tokens"]) if t == fork][nth]
+                assert s["context"][:start] == parent["context"][: p_start + at + 1] + [child]
+            assert _reference_tokens(model, s["context"], start, s["depth"] < 1) == s["tokens"], f"stream {i}"
+
+
+def test_fork_rules_and_reassembly(model, outputs):
+    _, outs = outputs
+    fork, child = model.control_tokens
+    for out in outs:
+        assert out.stats["max_live_streams"] <= 6
+        for s in out.streams:
+            assert child not in s["tokens"]
+            if s["depth"] >= 1:
+                assert fork not in s["tokens"]  # max_depth=1
+        main = out.streams[0]["text"]
+        heads = main.split(FORK)
+        children = [s["text"] for s in out.streams[1:]]
+        assert out.text == "".join(h + c for h, c in zip(heads, children + [""], strict=True))
+
+
+def test_children_share_the_prefix_kv(model, outputs):
+    ids, outs = outputs
+    for prompt, out in zip(ids, outs, strict=True):
+        if out.stats["forks"]:
+            own = sum(-(-(len(prompt) + len(s["tokens"])) // 16) for s in out.streams)
+            assert out.stats["peak_pages"] < own  # forks copied page tables, not the prompt's KV
+
+
+def test_sequential_decoding_of_the_same_model_does_not_fork(model):
+    ids = encode_prompts(model, STRUCTURED[:1])
+    out = generate_apar(model, ids, max_new_tokens=24, max_streams=1)[0]
+    assert out.stats["forks"] == 0 and out.stats["steps"] == len(out.streams[0]["tokens"])
+
+
+def test_speculative_apar_is_token_identical_and_streams_in_reading_order(model, outputs):
+    ids, plain = outputs
+    pieces = {0: [], 1: []}
+    spec = generate_apar(
+        model,
+        ids,
+        max_new_tokens=40,
+        max_streams=6,
+        drafter=build_stack(model, ["ngram"], [4]),
+        stream=lambda r, text: pieces[r].append(text),
+    )
+    for a, b in zip(plain, spec, strict=True):
+        assert [s["tokens"] for s in a.streams] == [s["tokens"] for s in b.streams]
+        assert a.text == b.text
+    assert [len(x) for x in pieces.values()] and all("".join(pieces[i]) == spec[i].text for i in pieces)
+    assert sum(o.stats["steps"] for o in spec) <= sum(o.stats["steps"] for o in plain)
+
+
+def test_sampling_is_seeded_and_never_samples_child(model):
+    ids = encode_prompts(model, STRUCTURED[:1])
+    params = SamplingParams(temperature=0.8, seed=3)
+    a = generate_apar(model, ids, max_new_tokens=24, sampling=params)[0]
+    b = generate_apar(
+        model, ids, max_new_tokens=24, sampling=params, drafter=build_stack(model, ["ngram"], [3])
+    )
+    c = generate_apar(model, ids, max_new_tokens=24, sampling=params)[0]
+    assert a.text == c.text
+    assert all(model.control_tokens[1] not in s["tokens"] for s in a.streams + b[0].streams)
+
+
+def test_trim_draft_cuts_below_fork_and_drops_child():
+    tree = Draft([5, 7, 8, 9, 6], [-1, 0, 1, 0, 3])  # 7 = [Fork], 9 = [Child]
+    out = trim_draft(tree, fork=7, child=9)
+    assert out.tokens == [5, 7] and out.parents == [-1, 0]
+
+
+def test_clear_errors(model):
+    from pyspec.api import load_model
+
+    plain = load_model("smollm2-135m-instruct")
+    with pytest.raises(ValueError, match="Fork"):
+        generate_apar(plain, [[1, 2, 3]])
+    with pytest.raises(ValueError, match="empty"):
+        generate_apar(model, [[]])
+    with pytest.raises(OutOfPagesError):
+        generate_apar(model, encode_prompts(model, STRUCTURED[:1]), max_new_tokens=40, num_pages=3)
+    with pytest.raises(FileNotFoundError, match="no APAR adapter"):
+        load_apar_model(adapter=adapter_dir() / "missing")
