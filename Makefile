@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 EXT_SOURCES := $(shell find csrc -name '*.h' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.cu') setup.py pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: setup run test bench bench-ar bench-spec bench-planner bench-batch bench-suite bench-heavy bench-drafts train-drafts qwen lint cuda-build-check cmake-build clean
+.PHONY: setup run test bench bench-ar bench-spec bench-planner bench-batch bench-suite bench-heavy bench-drafts train-drafts train-apar bench-apar qwen lint cuda-build-check cmake-build clean
 
 setup: $(VENV)/.built
 
@@ -82,6 +82,18 @@ train-drafts: setup
 # Draft LMs, the n-gram > draft > draft hierarchy, Medusa heads and hidden transfer against autoregressive.
 bench-drafts: setup
 	$(PY) benchmarks/drafts.py
+
+# APAR: SmolLM2-135M-Instruct fine-tuned (LoRA adapter, peft) to fork its answers into parallel
+# streams, on ShareGPT replies rewritten into paragraph trees (about 40 minutes on 2 CPU cores; a GPU
+# is used when present; resumable). Writes pyspec/weights/smollm2-135m-instruct/apar/.
+APAR_TOKENS ?= 120000
+train-apar: setup
+	$(PY) -m pyspec.training --threads 2 apar --tokens $(APAR_TOKENS)
+
+# APAR against the same model decoding sequentially: steps, tokens/s, peak KV, forks; with n-gram drafts.
+bench-apar: setup
+	mkdir -p results/apar
+	$(PY) benchmarks/apar.py --examples results/apar/examples.json | tee results/apar/bench.txt
 
 test: setup
 	$(PY) -m pytest -q -m "not slow" --doctest-modules pyspec planner tests $(PYTEST_ARGS)

@@ -6,7 +6,9 @@ live in :mod:`pyspec.ops`; their plain-PyTorch specification is :mod:`pyspec.ref
 
 from pyspec import ops, reference
 from pyspec.api import generate, load_model, plan, profile_model
+from pyspec.decoding.apar import generate_apar
 from pyspec.kv_cache import OutOfPagesError, PagedKVCache
+from pyspec.models.adapters import load_apar_model
 from pyspec.sampling import SamplingParams
 from pyspec.tree import ancestor_mask, pack_tree_masks
 
@@ -14,7 +16,9 @@ __all__ = [
     "ops",
     "reference",
     "load_model",
+    "load_apar_model",
     "generate",
+    "generate_apar",
     "plan",
     "profile_model",
     "SamplingParams",

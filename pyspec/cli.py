@@ -1,4 +1,5 @@
-"""The ``pyspec`` command line: ``pyspec generate``, ``pyspec profile``, ``pyspec plan``, ``pyspec bench``."""
+"""The ``pyspec`` command line: ``pyspec generate``, ``pyspec apar``, ``pyspec profile``, ``pyspec plan``,
+``pyspec bench``."""
 
 from __future__ import annotations
 
@@ -133,6 +134,42 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _apar(args: argparse.Namespace) -> int:
+    from pyspec.api import encode_prompts
+    from pyspec.decoding.apar import generate_apar
+    from pyspec.decoding.hierarchy import build_stack
+    from pyspec.models.adapters import load_apar_model
+    from pyspec.sampling import SamplingParams
+
+    sampling = SamplingParams(args.temperature, seed=args.seed)
+    model = load_apar_model(adapter=args.adapter)
+    ids = encode_prompts(model, args.prompt)
+
+    def decode(streams: int, draft: bool, show: bool):
+        drafter = build_stack(model, ["ngram"], [4]) if draft else None
+        stream = (lambda _, text: print(text, end="", flush=True)) if show else None
+        kw = dict(max_new_tokens=args.max_new_tokens, sampling=sampling, max_depth=1, stream=stream)
+        return generate_apar(model, ids, max_streams=streams, drafter=drafter, **kw)[0]
+
+    out = decode(args.max_streams, args.draft == "ngram", True)
+    s = out.stats
+    print(
+        f"\n\n[APAR{' + n-gram drafts' if args.draft else ''}: {s['forks']} forks, {s['tokens']} tokens "
+        f"in {s['steps']} steps ({s['tokens_per_step']:.2f} per step), {s['tokens'] / s['seconds']:.1f} "
+        f"tokens/s, peak KV {s['peak_pages']} pages, finished by {out.finish_reason}]",
+        file=sys.stderr,
+    )
+    if args.compare:
+        seq = decode(1, False, False).stats
+        print(
+            f"[sequential decoding of the same model: {seq['tokens']} tokens in {seq['steps']} steps, "
+            f"{seq['tokens'] / seq['seconds']:.1f} tokens/s, peak KV {seq['peak_pages']} pages; APAR took "
+            f"{seq['steps'] / s['steps']:.2f}x fewer steps]",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyspec", description="Fast, lossless LLM decoding.")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
@@ -166,6 +203,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--plan", default=None, help="a plan file from `pyspec plan` (instead of --draft)")
     gen.set_defaults(run=_generate)
+
+    ap = sub.add_parser("apar", help="APAR: SmolLM2 fine-tuned to fork its answer into parallel streams")
+    ap.add_argument("--prompt", required=True)
+    ap.add_argument("--max-new-tokens", type=int, default=256, help="per stream")
+    ap.add_argument("--max-streams", type=int, default=8)
+    ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--draft", choices=["ngram"], default=None, help="each stream drafts (speculative APAR)")
+    ap.add_argument("--adapter", default=None, help="an adapter folder (default: the shipped one)")
+    ap.add_argument("--compare", action="store_true", help="also decode sequentially (forks banned)")
+    ap.set_defaults(run=_apar)
 
     def measuring(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", default="smollm2-135m-instruct")
