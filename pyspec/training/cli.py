@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     a.add_argument("--tokens", type=int, default=150_000, help="packed tokens to train on")
     a.add_argument("--structured", type=int, default=300, help="structured training replies")
     a.add_argument("--rank", type=int, default=16, help="LoRA rank")
-    a.add_argument("--lr", type=float, default=1e-3)
+    a.add_argument("--lr", type=float, default=1e-3, help="LoRA learning rate")
+    a.add_argument("--token-lr", type=float, default=1e-2, help="learning rate of the [Fork]/[Child] rows")
     a.add_argument("--out", type=Path, default=None, help="adapter folder (default: pyspec/weights/...)")
     a.add_argument("--stats", action="store_true", help="print the recipe's data statistics only")
     args = parser.parse_args(argv)
@@ -118,7 +119,12 @@ def run_apar(args, argv) -> None:
     from pyspec.training.sharegpt import HELD_OUT_PERCENT
 
     config = TuneConfig(
-        tokens=args.tokens, structured=args.structured, rank=args.rank, alpha=2 * args.rank, lr=args.lr
+        tokens=args.tokens,
+        structured=args.structured,
+        rank=args.rank,
+        alpha=2 * args.rank,
+        lr=args.lr,
+        token_lr=args.token_lr,
     )
     folder = resolve(TARGET)
     if args.stats:
@@ -129,7 +135,7 @@ def run_apar(args, argv) -> None:
         print(json.dumps(stats.summary()))
         return
     out = args.out or adapter_dir(TARGET)
-    checkpoint = cache_root() / "training" / "checkpoints" / f"apar-r{args.rank}.ckpt"
+    checkpoint = cache_root() / "training" / "checkpoints" / f"apar-r{args.rank}-{args.structured}.ckpt"
     _, summary = tune(config, folder, out, checkpoint)
     print(json.dumps(summary))
     manifest = {
