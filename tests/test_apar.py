@@ -46,15 +46,20 @@ def test_list_reply_is_cut_into_heads_and_children():
     reply = "Here you go:\n\n1. Sleep: eight hours.\n   More rest.\n2. Eat: greens.\n3. Walk: daily.\n\nBye."
     tree = reply_tree(reply)
     assert tree.kind == "list"
-    assert tree.heads == ("Here you go:\n\n1. Sleep:", "2. Eat:", "3. Walk:", "\n\nBye.")
-    assert tree.children == (" eight hours.\n   More rest.\n", " greens.\n", " daily.")
+    assert tree.heads == ("Here you go:\n\n1. Sleep:", "\n2. Eat:", "\n3. Walk:", "\n\nBye.")
+    assert tree.children == (" eight hours.\n   More rest.", " greens.", " daily.")
     assert tree.text() == reply
 
 
 def test_paragraph_fallback_and_filters():
     reply = "One. Two.\n\nThree. Four.\n\nFive. Six."
     tree = reply_tree(reply)
-    assert tree.kind == "paragraphs" and tree.heads[0] == "One." and tree.children[0] == " Two.\n\n"
+    assert (
+        tree.kind == "paragraphs"
+        and tree.heads[0] == "One."
+        and tree.children[0] == " Two."
+        and tree.heads[1] == "\n\nThree."
+    )
     assert tree.text() == reply
     assert reply_tree("One.\n\nTwo.") is None  # too few paragraphs
     assert not is_clean("See https://example.org for more.")

@@ -81,7 +81,7 @@ def list_tree(reply: str) -> ReplyTree | None:
         children.append(reply[start + colon + 1 : end])
         cursor = end
     heads.append(reply[cursor:])
-    return ReplyTree(tuple(heads), tuple(children), "list")
+    return _tree(heads, children, "list")
 
 
 def paragraph_tree(reply: str) -> ReplyTree | None:
@@ -105,7 +105,18 @@ def paragraph_tree(reply: str) -> ReplyTree | None:
     if len(children) < MIN_ITEMS:
         return None
     heads.append(reply[cursor:])
-    return ReplyTree(tuple(heads), tuple(children), "paragraphs")
+    return _tree(heads, children, "paragraphs")
+
+
+def _tree(heads: list[str], children: list[str], kind: str) -> ReplyTree:
+    """Moves each child's trailing whitespace to the head after it: a child ends with its last word
+    and its end token, and the main stream writes the line breaks between items. (Children ending in
+    a line break taught the model to stop after any item's line break, main stream included.)"""
+    for i, child in enumerate(children):
+        body = child.rstrip()
+        heads[i + 1] = child[len(body) :] + heads[i + 1]
+        children[i] = body
+    return ReplyTree(tuple(heads), tuple(children), kind)
 
 
 def reply_tree(reply: str) -> ReplyTree | None:
@@ -115,9 +126,9 @@ def reply_tree(reply: str) -> ReplyTree | None:
     Example:
         >>> tree = reply_tree("Tips:\\n1. Sleep: eight hours.\\n2. Eat: greens.\\n3. Walk: daily.")
         >>> tree.heads
-        ('Tips:\\n1. Sleep:', '2. Eat:', '3. Walk:', '')
+        ('Tips:\\n1. Sleep:', '\\n2. Eat:', '\\n3. Walk:', '')
         >>> tree.children
-        (' eight hours.\\n', ' greens.\\n', ' daily.')
+        (' eight hours.', ' greens.', ' daily.')
         >>> tree.text() == "Tips:\\n1. Sleep: eight hours.\\n2. Eat: greens.\\n3. Walk: daily."
         True
     """

@@ -225,11 +225,16 @@ def _is_trainable(name: str) -> bool:
     return "lora_" in name or _is_token_row(name)
 
 
-def save_adapter(model, out_dir: Path) -> None:
-    """Saves only the delta: peft's adapter config and its weights in fp16."""
+def save_adapter(model, out_dir: Path, base_name: str = "smollm2-135m-instruct") -> None:
+    """Saves only the delta: peft's adapter config (naming the base by its registry name, not a local
+    path) and its weights in fp16."""
     from safetensors.torch import load_file, save_file
 
     model.save_pretrained(str(out_dir), save_embedding_layers=False)  # the new rows are in the delta
+    config_path = out_dir / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = base_name
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
     weights = out_dir / "adapter_model.safetensors"
     save_file({k: v.half().contiguous() for k, v in load_file(str(weights)).items()}, str(weights))
     for extra in ("README.md",):
