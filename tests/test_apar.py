@@ -107,7 +107,8 @@ def _reference_tokens(model, context: list[int], start: int, may_fork: bool) -> 
     batch = StepBatch.build(cache, [seq], [context[:-1]])
     rows = torch.arange(start - 1, len(context) - 1)
     with torch.inference_mode():
-        logits = model(batch, cache, logits_rows=rows).logits.clone()
+        logits = model(batch, cache, logits_rows=rows).logits
+    logits = logits.clone()  # a normal tensor, to ban in place
     for r, before in enumerate(context[start - 1 : -1]):
         logits[r, child] = float("-inf")
         if not may_fork or before in (fork, child):
