@@ -61,6 +61,7 @@ class FutureHeads(nn.Module):
         """Loads heads saved by :meth:`save`, of whichever kind they are.
 
         Example:
+            >>> from pyspec.models.loading import WEIGHTS_DIR
             >>> path = WEIGHTS_DIR / "smollm2-135m-instruct" / "medusa.safetensors"
             >>> FutureHeads.load(path).num_future  # doctest: +SKIP
             3
