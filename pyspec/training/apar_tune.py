@@ -56,22 +56,21 @@ def with_adapter(model, config: TuneConfig, tokenizer):
     return peft.get_peft_model(model, lora)
 
 
-def example_loss(model, example: Example, device) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy of an example's taught tokens, and how many there are."""
+def tree_logits(model, example: Example, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``[n, V]`` predicting an example's ``n`` taught tokens, and those tokens ``[n]``: one
+    pass over the packed tree with a 4-D mask (each token sees its ancestors) and tree positions."""
     tokens = torch.tensor(example.tokens, device=device)
     parents = torch.tensor(example.parents)
-    mask = ancestor_mask(parents)  # [N, N]: each token sees its ancestors and itself
+    mask = ancestor_mask(parents)  # [N, N]
     bias = torch.zeros(mask.shape, device=device).masked_fill_(~mask.to(device), float("-inf"))
     taught = torch.tensor([i for i, t in enumerate(example.targets) if t])
-    rows = parents[taught]  # token i is predicted from its parent's state
     out = model(
         input_ids=tokens[None],
         attention_mask=bias[None, None],
         position_ids=depths(parents)[None].to(device),
-        logits_to_keep=rows.to(device),
+        logits_to_keep=parents[taught].to(device),  # token i is predicted from its parent's state
     )
-    logits = out.logits[0].float()  # [len(taught), V]
-    return F.cross_entropy(logits, tokens[taught.to(device)], reduction="sum"), len(taught)
+    return out.logits[0].float(), tokens[taught.to(device)]
 
 
 @torch.no_grad()
@@ -83,24 +82,9 @@ def evaluate(model, examples: list[Example], fork_id: int, device) -> dict:
     total, count = 0.0, 0
     hits = forks = false = others = 0
     for ex in examples:
-        tokens = torch.tensor(ex.tokens, device=device)
-        parents = torch.tensor(ex.parents)
-        mask = ancestor_mask(parents)
-        bias = torch.zeros(mask.shape, device=device).masked_fill_(~mask.to(device), float("-inf"))
-        taught = torch.tensor([i for i, t in enumerate(ex.targets) if t])
-        logits = (
-            model(
-                input_ids=tokens[None],
-                attention_mask=bias[None, None],
-                position_ids=depths(parents)[None].to(device),
-                logits_to_keep=parents[taught].to(device),
-            )
-            .logits[0]
-            .float()
-        )
-        gold = tokens[taught.to(device)]
+        logits, gold = tree_logits(model, ex, device)
         total += float(F.cross_entropy(logits, gold, reduction="sum"))
-        count += len(taught)
+        count += len(gold)
         is_fork, said_fork = gold == fork_id, logits.argmax(-1) == fork_id
         hits += int((is_fork & said_fork).sum())
         forks += int(is_fork.sum())
@@ -174,7 +158,8 @@ def tune(
         taught = sum(sum(ex.targets) for ex in batch)
         step_loss = 0.0
         for ex in batch:
-            loss, _ = example_loss(model, ex, device)
+            logits, gold = tree_logits(model, ex, device)
+            loss = F.cross_entropy(logits, gold, reduction="sum")
             (loss / taught).backward()
             step_loss += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(params, 1.0)
