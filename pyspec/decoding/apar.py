@@ -174,13 +174,13 @@ def generate_apar(
                         drafter.release(s.key)
             if stream is not None:
                 for r in requests:
-                    _emit(model, r, stream, eos)
+                    _emit(model, r, stream, fork, eos)
     finally:
         if drafter is not None:
             drafter.end()
         verifier.end()
     seconds = time.perf_counter() - start
-    return [_output(model, r, eos, peak, seconds) for r in requests]
+    return [_output(model, r, fork, eos, peak, seconds) for r in requests]
 
 
 def trim_draft(draft: Draft, fork: int, child: int) -> Draft:
@@ -202,13 +202,6 @@ def trim_draft(draft: Draft, fork: int, child: int) -> Draft:
     parents = [-1 if draft.parents[i] < 0 else index[draft.parents[i]] for i in keep]
     q = None if draft.q is None else draft.q[keep]
     return Draft([draft.tokens[i] for i in keep], parents, q)
-
-
-def reassemble(model: LlamaModel, streams: list[Stream], index: int = 0) -> str:
-    """The answer below stream ``index``: its text, each ``[Fork]`` replaced by its child's answer."""
-    fork, _ = _control_tokens(model)
-    eos = set(model.config.eos_token_ids)
-    return _text(model, streams, index, fork, eos, settled_only=False)[0]
 
 
 def _control_tokens(model: LlamaModel) -> tuple[int, int]:
@@ -284,16 +277,16 @@ def _text(
     return "".join(out), s.finish is not None
 
 
-def _emit(model: LlamaModel, r: _Request, stream: TextCallback, eos: set[int]) -> None:
-    fork, _ = _control_tokens(model)
+def _emit(model: LlamaModel, r: _Request, stream: TextCallback, fork: int, eos: set[int]) -> None:
     text, _ = _text(model, r.streams, 0, fork, eos, settled_only=True)
     if len(text) > len(r.emitted) and text.startswith(r.emitted):
         stream(r.index, text[len(r.emitted) :])
         r.emitted = text
 
 
-def _output(model: LlamaModel, r: _Request, eos: set[int], peak: int, seconds: float) -> AparOutput:
-    fork, _ = _control_tokens(model)
+def _output(
+    model: LlamaModel, r: _Request, fork: int, eos: set[int], peak: int, seconds: float
+) -> AparOutput:
     tokens = sum(len(s.tokens) for s in r.streams)
     streams = [
         {
@@ -316,5 +309,5 @@ def _output(model: LlamaModel, r: _Request, eos: set[int], peak: int, seconds: f
         "peak_pages": peak,
         "seconds": seconds,
     }
-    main = r.streams[0].finish or "length"
-    return AparOutput(_text(model, r.streams, 0, fork, eos, settled_only=False)[0], streams, main, stats)
+    text = _text(model, r.streams, 0, fork, eos, settled_only=False)[0]
+    return AparOutput(text, streams, r.streams[0].finish, stats)

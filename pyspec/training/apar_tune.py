@@ -222,8 +222,7 @@ def save_adapter(model, out_dir: Path, base_name: str = "smollm2-135m-instruct")
     config_path.write_text(json.dumps(config, indent=2) + "\n")
     weights = out_dir / "adapter_model.safetensors"
     save_file({k: v.half().contiguous() for k, v in load_file(str(weights)).items()}, str(weights))
-    for extra in ("README.md",):
-        (out_dir / extra).unlink(missing_ok=True)
+    (out_dir / "README.md").unlink(missing_ok=True)  # peft's model-card template
 
 
 def write_manifest(out_dir: Path, manifest: dict) -> None:
