@@ -20,9 +20,10 @@ the same answer: one step per token (``step_reduction``: APAR's tokens / APAR's 
 prompts, prompt pass included) and one sequence holding the prompt and all the answer's tokens
 (``kv_peak_ratio``: APAR's peak KV pages / the pages of that sequence, median). ``speedup`` and
 ``with_speculation_speedup``: tokens/s of APAR and of APAR+n-gram over the measured tokens/s of the
-sequential mode (forks banned; its answers can differ in length, shown in the table). Last line JSON:
-``{"step_reduction", "speedup", "kv_peak_ratio", "with_speculation_speedup", "forks_per_answer",
-"unstructured_forks_per_answer", "lossless"}``.
+sequential mode (forks banned; its answers can differ in length, shown in the table), median over
+repeats, with their spread (min, max). Last line JSON: ``{"step_reduction", "speedup",
+"speedup_spread", "kv_peak_ratio", "with_speculation_speedup", "with_speculation_spread",
+"forks_per_answer", "unstructured_forks_per_answer", "lossless"}``.
 """
 
 from __future__ import annotations
@@ -119,28 +120,32 @@ def report(rows, args) -> dict:
     for name, modes in rows.items():
         n = len(modes["sequential"]) // args.repeats
         print(f"\n{name} ({n} prompts)")
-        header = ("steps", 7), ("tokens", 8), ("tok/step", 9), ("tok/s", 8), ("speed-up", 10), ("peak KV", 9)
+        header = ("steps", 7), ("tokens", 8), ("tok/step", 9), ("tok/s", 8), ("speed-up", 10)
+        header += ("spread", 13), ("peak KV", 9)
         print(f"{'mode':<18}" + "".join(f"{h:>{w}}" for h, w in header) + f"{'forks':>7}")
-        base = _tps(modes["sequential"])
         for mode, runs in modes.items():
             steps, toks = sum(r["steps"] for r in runs), sum(r["tokens"] for r in runs)
-            tps = _tps(runs)
+            ups = _speedups(runs, modes["sequential"], args.repeats)
             peak = statistics.median(r["peak_pages"] for r in runs)
             forks = statistics.mean(r["forks"] for r in runs)
             print(
                 f"{mode:<18}{steps / len(runs):>7.1f}{toks / len(runs):>8.1f}{toks / steps:>9.2f}"
-                f"{tps:>8.1f}{tps / base:>9.2f}x{peak:>9.0f}{forks:>7.1f}"
+                f"{_tps(runs):>8.1f}{statistics.median(ups):>9.2f}x{min(ups):>6.2f}-{max(ups):.2f}x"
+                f"{peak:>9.0f}{forks:>7.1f}"
             )
     structured = {m: [r for name in rows if name != "unstructured" for r in rows[name][m]] for m in MODES}
     seq, apar, spec = structured["sequential"], structured["apar"], structured["apar+ngram"]
     one_sequence = [-(-(a["prompt_tokens"] + a["tokens"]) // PAGE_SIZE) for a in apar]
+    ups, spec_ups = _speedups(apar, seq, args.repeats), _speedups(spec, seq, args.repeats)
     return {
         "step_reduction": round(statistics.median(a["tokens"] / a["steps"] for a in apar), 3),
-        "speedup": round(_tps(apar) / _tps(seq), 3),
+        "speedup": round(statistics.median(ups), 3),
+        "speedup_spread": [round(min(ups), 3), round(max(ups), 3)],
         "kv_peak_ratio": round(
             statistics.median(a["peak_pages"] / n for a, n in zip(apar, one_sequence, strict=True)), 3
         ),
-        "with_speculation_speedup": round(_tps(spec) / _tps(seq), 3),
+        "with_speculation_speedup": round(statistics.median(spec_ups), 3),
+        "with_speculation_spread": [round(min(spec_ups), 3), round(max(spec_ups), 3)],
         "forks_per_answer": round(statistics.mean(a["forks"] for a in apar), 2),
         "unstructured_forks_per_answer": round(
             statistics.mean(r["forks"] for r in rows["unstructured"]["apar"]), 2
@@ -150,6 +155,14 @@ def report(rows, args) -> dict:
 
 def _tps(runs: list[dict]) -> float:
     return sum(r["tokens"] for r in runs) / sum(r["seconds"] for r in runs)
+
+
+def _speedups(runs: list[dict], baseline: list[dict], repeats: int) -> list[float]:
+    """tokens/s of ``runs`` over ``baseline``'s, once per repeat (the same prompts each time)."""
+    return [
+        _tps([r for r in runs if r["repeat"] == k]) / _tps([r for r in baseline if r["repeat"] == k])
+        for k in range(repeats)
+    ]
 
 
 if __name__ == "__main__":
