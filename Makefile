@@ -84,11 +84,15 @@ bench-drafts: setup
 	$(PY) benchmarks/drafts.py
 
 # APAR: SmolLM2-135M-Instruct fine-tuned (LoRA adapter, peft) to fork its answers into parallel
-# streams, on ShareGPT replies rewritten into paragraph trees (about 40 minutes on 2 CPU cores; a GPU
-# is used when present; resumable). Writes pyspec/weights/smollm2-135m-instruct/apar/.
+# streams, in two stages as shipped: on ShareGPT replies rewritten into paragraph trees, then
+# continued with the model's own replies to 320 training prompts cut first (about 2.5 hours on 2 CPU
+# cores; a GPU is used when present; each stage resumes). Writes pyspec/weights/smollm2-135m-instruct/apar/.
+APAR_DIR := pyspec/weights/smollm2-135m-instruct/apar
 APAR_TOKENS ?= 120000
+APAR_OWN_TOKENS ?= 96000
 train-apar: setup
-	$(PY) -m pyspec.training --threads 2 apar --tokens $(APAR_TOKENS)
+	$(PY) -m pyspec.training --threads 2 apar --tokens $(APAR_TOKENS) --out $(APAR_DIR)
+	$(PY) -m pyspec.training --threads 2 apar --own 320 --init $(APAR_DIR) --tokens $(APAR_OWN_TOKENS) --out $(APAR_DIR)
 
 # APAR against the same model decoding sequentially: steps, tokens/s, peak KV, forks; with n-gram drafts.
 bench-apar: setup
