@@ -3,8 +3,8 @@
 The model is SmolLM2-135M-Instruct with the shipped APAR adapter (``pyspec/weights/.../apar``). Modes,
 per prompt, interleaved over repeats (greedy, fp32, one request at a time):
 
-- ``sequential``: the same model, forking banned (``max_streams=1``): the baseline;
-- ``apar``: forking on (at most 8 streams, depth 1), all streams in one ragged batch;
+- ``sequential``: the same model, forking banned (``max_depth=0``): the baseline;
+- ``apar``: forking on (depth 1, at most 8 streams running), all streams in one ragged batch;
 - ``sequential+ngram`` and ``apar+ngram``: each stream drafts with the n-gram drafter (4 tokens).
 
 Structured prompts: MT-bench's writing, humanities and stem questions (never trained on) and held-out
@@ -64,8 +64,8 @@ def prompt_sets(structured: int, unstructured: int) -> dict[str, list[tuple[str,
 
 def run(model, ids: list[int], mode: str, max_new_tokens: int):
     drafter = build_stack(model, ["ngram"], [4]) if mode.endswith("+ngram") else None
-    streams = 1 if mode.startswith("sequential") else 8
-    return generate_apar(model, [ids], max_new_tokens=max_new_tokens, max_streams=streams, drafter=drafter)[0]
+    depth = 0 if mode.startswith("sequential") else 1
+    return generate_apar(model, [ids], max_new_tokens=max_new_tokens, max_depth=depth, drafter=drafter)[0]
 
 
 def main() -> None:

@@ -145,13 +145,13 @@ def _apar(args: argparse.Namespace) -> int:
     model = load_apar_model(adapter=args.adapter)
     ids = encode_prompts(model, args.prompt)
 
-    def decode(streams: int, draft: bool, show: bool):
+    def decode(depth: int, draft: bool, show: bool):
         drafter = build_stack(model, ["ngram"], [4]) if draft else None
         stream = (lambda _, text: print(text, end="", flush=True)) if show else None
-        kw = dict(max_new_tokens=args.max_new_tokens, sampling=sampling, max_depth=1, stream=stream)
-        return generate_apar(model, ids, max_streams=streams, drafter=drafter, **kw)[0]
+        kw = dict(max_new_tokens=args.max_new_tokens, sampling=sampling, max_streams=args.max_streams)
+        return generate_apar(model, ids, max_depth=depth, drafter=drafter, stream=stream, **kw)[0]
 
-    out = decode(args.max_streams, args.draft == "ngram", True)
+    out = decode(1, args.draft == "ngram", True)
     s = out.stats
     print(
         f"\n\n[APAR{' + n-gram drafts' if args.draft else ''}: {s['forks']} forks, {s['tokens']} tokens "
@@ -160,7 +160,7 @@ def _apar(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if args.compare:
-        seq = decode(1, False, False).stats
+        seq = decode(0, False, False).stats  # no forks
         print(
             f"[sequential decoding of the same model: {seq['tokens']} tokens in {seq['steps']} steps, "
             f"{seq['tokens'] / seq['seconds']:.1f} tokens/s, peak KV {seq['peak_pages']} pages; APAR took "

@@ -5,9 +5,12 @@ starts that shares the parent's KV pages (:meth:`pyspec.model_runner.ModelRunner
 counts, copy-on-write for the shared, partly filled page), is fed ``[Fork]`` and a forced
 ``[Child]``, and decodes in the next step next to its parent, which goes on with its next item. A
 stream never sees its siblings' text. ``[Child]`` is never produced; ``[Fork]`` is banned right after
-``[Fork]``/``[Child]``, at the maximum depth, and when the request has no stream left (a step grants
-the free streams to the oldest, shallowest streams first; each stream forks at most once a step).
-Finished streams leave the batch and free their pages. The answer is reassembled from the paragraph
+``[Fork]``/``[Child]`` and at the maximum depth. When the request already has ``max_streams`` streams
+running, a new child waits (holding only references to its parent's pages) and joins the batch, in
+fork order, as soon as a stream finishes. (papers.md bans ``[Fork]`` when the batch is full instead;
+that ban depends on how far the other streams have got, so speculation, which changes that, would
+change the answer. Here every ban depends on the stream's own context only.) Finished streams leave
+the batch and free their pages. The answer is reassembled from the paragraph
 tree: each stream's text with every ``[Fork]`` replaced by its child's text.
 
 Within each stream decoding is exact: plain decoding samples from the model's (banned) distribution,
@@ -44,6 +47,7 @@ class Stream:
     start: int  # where its own tokens begin in ``context``
     children: list[int] = field(default_factory=list)  # stream indices, in fork order
     finish: str | None = None
+    waiting: bool = False  # forked, waiting for a free stream
 
     @property
     def key(self) -> tuple[int, int]:
@@ -78,7 +82,18 @@ class _Request:
         self.emitted = ""
 
     def live(self) -> list[Stream]:
-        return [s for s in self.streams if s.finish is None]
+        """The running streams."""
+        return [s for s in self.streams if s.finish is None and not s.waiting]
+
+    def admit(self, max_streams: int) -> None:
+        """Starts waiting children, in fork order, while fewer than ``max_streams`` run."""
+        running = len(self.live())
+        for s in self.streams:
+            if running >= max_streams:
+                break
+            if s.waiting:
+                s.waiting = False
+                running += 1
 
 
 def generate_apar(
@@ -95,10 +110,11 @@ def generate_apar(
     """Decodes every prompt (token ids) with APAR; all streams of all requests share one ragged batch.
 
     ``model`` must know ``[Fork]`` and ``[Child]`` (:func:`pyspec.models.adapters.load_apar_model`).
-    ``max_new_tokens`` bounds each stream; ``max_streams`` (1: plain sequential decoding of the same
-    model) and ``max_depth`` bound the forks of a request. ``drafter``: speculative APAR, each stream
-    drafting for itself. ``stream(request, text)`` receives the answer as it settles, in reading order
-    (a head's text is released once its child's text before it is complete).
+    ``max_new_tokens`` bounds each stream; ``max_streams`` bounds the streams of a request running at
+    once (further children wait for a free one); ``max_depth`` bounds the nesting of forks
+    (``max_depth=0``: no forks, the same model decoding sequentially). ``drafter``: speculative APAR,
+    each stream drafting for itself. ``stream(request, text)`` receives the answer as it settles, in
+    reading order (a head's text is released once its child's text before it is complete).
     Raises :class:`pyspec.OutOfPagesError` when ``num_pages`` cannot hold the streams.
 
     Example:
@@ -135,10 +151,11 @@ def generate_apar(
         _join(verifier, drafter, r.streams[0])
     try:
         while True:
+            for r in requests:
+                r.admit(max_streams)
             live = [s for r in requests for s in r.live()]
             if not live:
                 break
-            allowed = _fork_grants(requests, max_streams, max_depth)
             contexts = [s.context for s in live]
             keys = [s.key for s in live]
             sub_params = [requests[s.request].params for s in live]
@@ -149,7 +166,7 @@ def generate_apar(
                 drafts = [trim_draft(d, fork, child) for d in drafts]
             else:
                 drafts = [Draft() for _ in live]
-            bans = [_ban(fork, child, s.key in allowed) for s in live]
+            bans = [_ban(fork, child, s.depth < max_depth) for s in live]
             results = verifier.step(keys, contexts, drafts, sub_params, gens, banned=bans)
             for r in {s.request for s in live}:
                 requests[r].steps += 1
@@ -221,26 +238,15 @@ def _join(verifier: Verifier, drafter: Drafter | None, s: Stream) -> None:
 
 
 def _fork(verifier: Verifier, drafter: Drafter | None, r: _Request, parent: Stream, child: int) -> None:
-    """Starts a child of ``parent``, whose last token is ``[Fork]``: it shares the parent's KV."""
+    """Creates a child of ``parent``, whose last token is ``[Fork]``: it shares the parent's KV and
+    waits for :meth:`_Request.admit`."""
     context = parent.context + [child]
-    s = Stream(r.index, len(r.streams), parent.index, parent.depth + 1, context, len(context))
+    s = Stream(r.index, len(r.streams), parent.index, parent.depth + 1, context, len(context), waiting=True)
     r.streams.append(s)
     parent.children.append(s.index)
     verifier.runner.fork(parent.key, s.key)
     if drafter is not None:
         drafter.add(s.key)
-
-
-def _fork_grants(requests: list[_Request], max_streams: int, max_depth: int) -> set[tuple[int, int]]:
-    """The streams that may emit ``[Fork]`` this step: below the maximum depth, and no more per
-    request than it has free streams, oldest and shallowest first."""
-    allowed = set()
-    for r in requests:
-        live = r.live()
-        free = max_streams - len(live)
-        candidates = sorted((s for s in live if s.depth < max_depth), key=lambda s: (s.depth, s.index))
-        allowed.update(s.key for s in candidates[: max(free, 0)])
-    return allowed
 
 
 def _ban(fork: int, child: int, may_fork: bool) -> Callable[[int], list[int]]:
