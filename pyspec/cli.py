@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = sub.add_parser("apar", help="APAR: SmolLM2 fine-tuned to fork its answer into parallel streams")
     ap.add_argument("--prompt", required=True)
     ap.add_argument("--max-new-tokens", type=int, default=256, help="per stream")
-    ap.add_argument("--max-streams", type=int, default=8)
+    ap.add_argument("--max-streams", type=int, default=8, help="streams running at once (more children wait)")
     ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--draft", choices=["ngram"], default=None, help="each stream drafts (speculative APAR)")
