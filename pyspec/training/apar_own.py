@@ -141,3 +141,13 @@ def own_conversations(settings: OwnReplies, path: Path | None = None) -> Iterato
         row = rows.get(conv.id)
         if row and row["finish"] == "eos" and is_fluent(row["reply"]):
             yield Conversation(conv.id + ":own", conv.prompt, row["reply"])
+
+
+def own_replies_for_recipe(count: int, progress: bool = True) -> list[Conversation]:
+    """Generates (or reads from the cache) the base model's replies to ``count`` training prompts and
+    returns those the recipe may use (:func:`own_conversations`); ``[]`` for ``count=0``."""
+    if not count:
+        return []
+    settings = OwnReplies(count=count)
+    generate_own(settings, progress=progress)
+    return list(own_conversations(settings))

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from pyspec.models.adapters import CHILD, FORK, hf_model_with_control_tokens
 from pyspec.training.apar_data import Example, Recipe
+from pyspec.training.apar_own import own_replies_for_recipe
 from pyspec.tree import ancestor_mask, depths
 
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -127,13 +128,7 @@ def tune(
         model = peft.PeftModel.from_pretrained(base, config.init, is_trainable=True).to(device)
         model.float()  # the shipped delta is fp16
     recipe = Recipe(tokenizer, config.max_tokens)
-    own = ()
-    if config.own:
-        from pyspec.training.apar_own import OwnReplies, generate_own, own_conversations
-
-        settings = OwnReplies(count=config.own)
-        generate_own(settings, progress=progress)
-        own = own_conversations(settings)
+    own = own_replies_for_recipe(config.own, progress)
     train_set, train_stats = recipe.build("train", config.structured, progress=progress, first=own)
     held_set, held_stats = recipe.build("held_out", config.held_out)
     fork_id = recipe.fork

@@ -135,12 +135,9 @@ def run_apar(args, argv) -> None:
         from pyspec.training.apar_data import Recipe
 
         _, tokenizer = hf_model_with_control_tokens(folder)
-        own = ()
-        if config.own:
-            from pyspec.training.apar_own import OwnReplies, generate_own, own_conversations
+        from pyspec.training.apar_own import own_replies_for_recipe
 
-            generate_own(OwnReplies(count=config.own))
-            own = own_conversations(OwnReplies(count=config.own))
+        own = own_replies_for_recipe(config.own)
         recipe = Recipe(tokenizer, config.max_tokens)
         _, stats = recipe.build("train", config.structured, progress=True, first=own)
         print(json.dumps(stats.summary()))
