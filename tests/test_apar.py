@@ -3,12 +3,13 @@
 The model is the real SmolLM2-135M-Instruct with the shipped APAR adapter merged. Within a stream
 decoding must be exact: every stream's tokens are the greedy choices of the model over that stream's
 own context (prompt, parent up to the fork, ``[Fork]``, ``[Child]``) under APAR's bans, recomputed
-here without any cache sharing.
+here without any cache sharing; sampled, the streams' tokens follow the model's exact banned law.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 import torch
@@ -20,7 +21,7 @@ from pyspec.decoding.hierarchy import build_stack
 from pyspec.drafters.base import Draft
 from pyspec.kv_cache import OutOfPagesError
 from pyspec.models.adapters import CHILD, FORK, adapter_dir, load_apar_model
-from pyspec.sampling import SamplingParams
+from pyspec.sampling import SamplingParams, probabilities
 from pyspec.training.apar_data import Recipe, is_clean, reply_tree
 from pyspec.training.apar_own import OwnReplies, own_conversations, own_prompts
 from pyspec.training.sharegpt import conversations
@@ -229,6 +230,93 @@ def test_sampling_is_seeded_and_never_samples_child(model):
     c = generate_apar(model, ids, max_new_tokens=24, sampling=params)[0]
     assert a.text == c.text
     assert all(model.control_tokens[1] not in s["tokens"] for s in a.streams + b[0].streams)
+
+
+# Sampling ---------------------------------------------------------------------------------------------
+
+LIST_CONTEXT = (  # no system prompt, to keep 200 prefills cheap; the model forks here 60% of the time
+    "<|im_start|>user\nHow to sleep better?<|im_end|>\n<|im_start|>assistant\n1. Go to bed at the same time."
+)
+SAMPLED = SamplingParams(temperature=1.0, top_k=4)
+
+
+def _banned_probabilities(model, contexts: list[list[int]], may_fork: bool = True) -> torch.Tensor:
+    """``[len(contexts), vocab]``: the distribution after each context under APAR's bans, each
+    recomputed in its own fresh cache."""
+    fork, child = model.control_tokens
+    rows = []
+    for ctx in contexts:
+        cache = model.new_cache(num_pages=len(ctx) // 16 + 2)
+        batch = StepBatch.build(cache, [cache.add_sequence()], [ctx])
+        with torch.inference_mode():
+            logits = model(batch, cache).logits[0]
+        logits = logits.clone()  # a normal tensor, to ban in place
+        logits[child] = float("-inf")
+        if not may_fork or ctx[-1] in (fork, child):
+            logits[fork] = float("-inf")
+        rows.append(probabilities(logits, SAMPLED))
+    return torch.stack(rows)
+
+
+def _exact_apar_joint(model, prompt: list[int], may_fork: bool = True) -> dict[tuple, float]:
+    """Exact law of (main stream's first token a, its second token b unless a ends it, and, when a is
+    ``[Fork]``, the child's first token c): p(a) p(b | a) p(c | prompt, [Fork], [Child])."""
+    fork, child = model.control_tokens
+    first = _banned_probabilities(model, [prompt], may_fork)[0]
+    support = first.nonzero().flatten().tolist()
+    second = _banned_probabilities(model, [prompt + [a] for a in support], may_fork)
+    child_first = _banned_probabilities(model, [prompt + [fork, child]])[0]
+    joint, eos = {}, set(model.config.eos_token_ids)
+    for i, a in enumerate(support):
+        if a in eos:
+            joint[(a,)] = float(first[a])
+            continue
+        for b in second[i].nonzero().flatten().tolist():
+            p = float(first[a] * second[i, b])
+            if a != fork:
+                joint[(a, b)] = p
+                continue
+            for c in child_first.nonzero().flatten().tolist():
+                joint[(a, b, c)] = p * float(child_first[c])
+    return joint
+
+
+def _tv(samples: list[tuple], exact: dict[tuple, float]) -> float:
+    counts = Counter(samples)
+    return 0.5 * sum(abs(counts[k] / len(samples) - exact.get(k, 0.0)) for k in set(counts) | set(exact))
+
+
+@pytest.mark.parametrize("speculative", [False, True])
+def test_sampled_apar_follows_the_models_distribution(model, speculative):
+    """200 seeded requests continuing a list item where the model forks 60% of the time: the
+    empirical law of (main's two tokens, the child's first) is as close to the exact banned law as 200
+    exact draws get (below their 99th percentile), plain and with a draft model that proposes [Fork]
+    among its tokens; the law of sequential decoding (no fork) is not."""
+    fork = model.control_tokens[0]
+    prompt = model.tokenizer(LIST_CONTEXT).input_ids
+    exact = _exact_apar_joint(model, prompt)
+    assert 0.3 < sum(p for k, p in exact.items() if k[0] == fork) < 0.8
+    n, samples = 200, []
+    for seeds in torch.arange(n).split(100):  # two calls keep the KV cache small
+        drafter = build_stack(model, [model.first_layers(8)], [2]) if speculative else None
+        params = [SamplingParams(1.0, 4, seed=int(s)) for s in seeds]
+        outs = generate_apar(model, [prompt] * len(params), 2, params, max_streams=2, drafter=drafter)
+        for o in outs:
+            main = tuple(o.streams[0]["tokens"])
+            samples.append(main + (o.streams[1]["tokens"][0],) if main[0] == fork else main)
+    keys = list(exact)
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.multinomial(
+        torch.tensor([exact[k] for k in keys]), n * 400, replacement=True, generator=gen
+    )
+    null = sorted(_tv([keys[i] for i in chunk.tolist()], exact) for chunk in draws.view(400, n))
+    tv = _tv(samples, exact)
+    assert tv < null[int(0.99 * len(null))], (tv, null[len(null) // 2])
+    sequential = _exact_apar_joint(model, prompt, may_fork=False)
+    assert (
+        0.5 * sum(abs(sequential.get(k, 0) - exact.get(k, 0)) for k in set(exact) | set(sequential))
+        > null[-1]
+    )
 
 
 def test_trim_draft_cuts_below_fork_and_drops_child():
