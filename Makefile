@@ -62,7 +62,7 @@ bench-suite: setup
 bench-heavy: setup qwen
 	$(PY) benchmarks/heavy.py
 
-# Trained drafts of SmolLM2-135M-Instruct (about an hour on 2 CPU cores; a GPU is used when present):
+# Trained drafts of SmolLM2-135M-Instruct (about two hours on 2 CPU cores; a GPU is used when present):
 # the ShareGPT split, the target's teacher data, the hidden-transfer layer sweep (held-out accuracy
 # only), then the weights shipped in pyspec/weights/ with their manifests. Resumable: rerun to go on.
 SWEEP_LAYERS ?= 28 25 22 18
@@ -76,8 +76,9 @@ train-drafts: setup
 	$(PY) -m pyspec.training train medusa --tokens 15000 --no-save >> results/drafts/hidden_transfer_sweep.jsonl
 	$(PY) -m pyspec.training train hidden-transfer --layers $(HT_LAYER) --tokens 60000
 	$(PY) -m pyspec.training train medusa --tokens 60000
-	$(PY) -m pyspec.training train draft-lm --layers 1 --tokens 120000
-	$(PY) -m pyspec.training train draft-lm --layers 3 --tokens 120000
+	$(PY) -m pyspec.training teacher --split train --sequences 1000 --no-hidden
+	$(PY) -m pyspec.training train draft-lm --layers 1 --tokens 750000 --lr 3e-3 --sequences 1000
+	$(PY) -m pyspec.training train draft-lm --layers 3 --tokens 600000 --lr 2e-3 --sequences 1000
 
 # Draft LMs, the n-gram > draft > draft hierarchy, Medusa heads and hidden transfer against autoregressive.
 bench-drafts: setup

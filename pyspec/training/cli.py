@@ -21,21 +21,23 @@ TARGET = "smollm2-135m-instruct"
 SWEEP_LAYERS = (18, 22, 25, 28)  # hidden-transfer injection layers stored by the teacher pass
 
 
-def teacher_path(split: str, sequences: int) -> Path:
+def teacher_path(split: str, sequences: int, hidden: bool = True) -> Path:
     """Where the teacher data of ``split`` is cached (outside the repository)."""
-    return cache_root() / "training" / f"teacher-{TARGET}-{split}-{sequences}.pt"
+    return cache_root() / "training" / f"teacher-{TARGET}-{split}-{sequences}{'' if hidden else '-logits'}.pt"
 
 
-def load_teacher(split: str, sequences: int, progress: bool = True):
-    """The teacher data of ``split``, built on first use."""
+def load_teacher(split: str, sequences: int, hidden: bool = True, progress: bool = True):
+    """The teacher data of ``split``, built on first use. ``hidden=False`` keeps only the teacher's
+    distributions (all a draft LM needs; the hidden states take 0.3 MB per sequence and layer)."""
     from pyspec.api import load_model
     from pyspec.training.teacher import TeacherData, build
 
-    path = teacher_path(split, sequences)
+    path = teacher_path(split, sequences, hidden)
     if path.exists():
         return TeacherData.load(path)
     model = load_model(TARGET)
-    data = build(model, split, sequences, layers=(*SWEEP_LAYERS, model.config.num_layers), progress=progress)
+    layers = (*SWEEP_LAYERS, model.config.num_layers) if hidden else ()
+    data = build(model, split, sequences, layers=layers, progress=progress)
     data.save(path)
     return data
 
@@ -51,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     t = sub.add_parser("teacher", help="run the target over ShareGPT and cache its distributions")
     t.add_argument("--split", choices=["train", "held_out"], default="train")
     t.add_argument("--sequences", type=int, default=400)
+    t.add_argument("--no-hidden", action="store_true", help="distributions only (for draft LMs)")
     r = sub.add_parser("train", help="train one draft on the cached teacher data")
     r.add_argument("kind", choices=["draft-lm", "medusa", "hidden-transfer"])
     r.add_argument("--tokens", type=int, default=60000, help="reply positions to train on")
@@ -81,10 +84,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.command == "teacher":
-        data = load_teacher(args.split, args.sequences)
+        data = load_teacher(args.split, args.sequences, hidden=not args.no_hidden)
         print(
             f"{len(data.ids)} sequences, {data.num_tokens} reply positions -> "
-            f"{teacher_path(args.split, args.sequences)}"
+            f"{teacher_path(args.split, args.sequences, hidden=not args.no_hidden)}"
         )
     elif args.command == "train":
         run_training(args, argv)
@@ -195,7 +198,9 @@ def run_training(args, argv) -> None:
     else:  # measured on a 15k-token hidden-transfer run: 1e-3 was still far from converged
         config.lr = 3e-4 if args.kind == "draft-lm" else 3e-3
     target = load_model(TARGET)
-    data, held = load_teacher("train", args.sequences), load_teacher("held_out", args.held_out)
+    hidden = args.kind != "draft-lm"  # a draft LM learns from the teacher's distributions only
+    data = load_teacher("train", args.sequences, hidden)
+    held = load_teacher("held_out", args.held_out, hidden)
     name = default_name(args.kind, args.layers)
     run = name.removesuffix(".safetensors") + (f"-t{args.layers}" if args.kind == "hidden-transfer" else "")
     checkpoint = cache_root() / "training" / "checkpoints" / f"{run}{'-sweep' if args.no_save else ''}.ckpt"
