@@ -1,7 +1,7 @@
 """The trained drafts of SmolLM2-135M-Instruct against its autoregressive decoding.
 
 Draft kinds (weights in ``pyspec/weights/smollm2-135m-instruct/``, trained by ``python -m
-pyspec.training``): draft LMs of 1 and 3 layers (chains of 4), the hierarchy n-gram > 1-layer >
+pyspec.training``): draft LMs of 1 and 3 layers (chains of 2 and 4), the hierarchy n-gram > 1-layer >
 3-layer > target, Medusa heads and hidden-transfer layers (3 future tokens, one chain and one tree of
 per-depth widths, the same tree for both). Greedy, fp32, batch 1, held-out prompts: MT-bench (every
 4th, chat template) and HumanEval (every 8th, raw). Per prompt and repeat, autoregressive decoding runs
@@ -46,7 +46,9 @@ def modes(target, tree: list[int]):
     """Mode name -> a fresh drafter."""
     chain = [1] * len(tree)
     return {
+        "draft-lm-1l(b=2)": lambda: build_stack(target, ["draft-lm-1l"], [2]),
         "draft-lm-1l(b=4)": lambda: build_stack(target, ["draft-lm-1l"], [4]),
+        "draft-lm-3l(b=2)": lambda: build_stack(target, ["draft-lm-3l"], [2]),
         "draft-lm-3l(b=4)": lambda: build_stack(target, ["draft-lm-3l"], [4]),
         "ngram>1l>3l": lambda: build_stack(target, ["ngram", "draft-lm-1l", "draft-lm-3l"], [4, 3, 4]),
         "medusa(chain)": lambda: build_stack(target, ["medusa"], tree=chain),
