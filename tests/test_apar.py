@@ -18,7 +18,7 @@ from pyspec.api import encode_prompts
 from pyspec.batch import StepBatch
 from pyspec.decoding.apar import generate_apar, trim_draft
 from pyspec.decoding.hierarchy import build_stack
-from pyspec.drafters.base import Draft
+from pyspec.drafters.base import Draft, Drafter
 from pyspec.kv_cache import OutOfPagesError
 from pyspec.models.adapters import CHILD, FORK, adapter_dir, load_apar_model
 from pyspec.sampling import SamplingParams, probabilities
@@ -286,21 +286,44 @@ def _tv(samples: list[tuple], exact: dict[tuple, float]) -> float:
     return 0.5 * sum(abs(counts[k] / len(samples) - exact.get(k, 0.0)) for k in set(counts) | set(exact))
 
 
-@pytest.mark.parametrize("speculative", [False, True])
-def test_sampled_apar_follows_the_models_distribution(model, speculative):
+class _ForkFirst(Drafter):
+    """Proposes ``[Fork]`` then a newline as fixed candidates (``q=None``): verification accepts each
+    with the model's probability of it, ``trim_draft`` cuts the newline, and right after ``[Child]``
+    the proposed ``[Fork]`` is banned, so it must be rejected."""
+
+    max_draft = 2
+
+    def __init__(self, fork: int, newline: int) -> None:
+        super().__init__("fork-first")
+        self.chain = [fork, newline]
+
+    def propose(self, keys, contexts, params, generators, budgets):
+        return [Draft.chain(self.chain[:b]) if b > 0 else Draft() for b in budgets]
+
+
+SAMPLED_DRAFTERS = {
+    "plain": lambda m: None,
+    "draft-model": lambda m: build_stack(m, [m.first_layers(8)], [2]),  # samples, never proposes [Fork]
+    "fork-first": lambda m: _ForkFirst(m.control_tokens[0], m.tokenizer("\n").input_ids[0]),
+}
+
+
+@pytest.mark.parametrize("drafter", list(SAMPLED_DRAFTERS))
+def test_sampled_apar_follows_the_models_distribution(model, drafter):
     """200 seeded requests continuing a list item where the model forks 60% of the time: the
     empirical law of (main's two tokens, the child's first) is as close to the exact banned law as 200
-    exact draws get (below their 99th percentile), plain and with a draft model that proposes [Fork]
-    among its tokens; the law of sequential decoding (no fork) is not."""
+    exact draws get (below their 99th percentile), plain, with a sampling draft model, and with fixed
+    candidates that propose [Fork]; the law of sequential decoding (no fork) is not."""
     fork = model.control_tokens[0]
     prompt = model.tokenizer(LIST_CONTEXT).input_ids
     exact = _exact_apar_joint(model, prompt)
     assert 0.3 < sum(p for k, p in exact.items() if k[0] == fork) < 0.8
     n, samples = 200, []
     for seeds in torch.arange(n).split(100):  # two calls keep the KV cache small
-        drafter = build_stack(model, [model.first_layers(8)], [2]) if speculative else None
         params = [SamplingParams(1.0, 4, seed=int(s)) for s in seeds]
-        outs = generate_apar(model, [prompt] * len(params), 2, params, max_streams=2, drafter=drafter)
+        outs = generate_apar(
+            model, [prompt] * len(params), 2, params, max_streams=2, drafter=SAMPLED_DRAFTERS[drafter](model)
+        )
         for o in outs:
             main = tuple(o.streams[0]["tokens"])
             samples.append(main + (o.streams[1]["tokens"][0],) if main[0] == fork else main)
