@@ -113,3 +113,22 @@ class ByteTokenizer:
 
 
 BYTES = ByteTokenizer()
+
+
+def total_variation(samples: list, exact: dict) -> float:
+    """Total variation between the empirical law of ``samples`` and ``exact`` (outcome -> probability)."""
+    counts: dict = {}
+    for s in samples:
+        counts[s] = counts.get(s, 0) + 1
+    keys = set(counts) | set(exact)
+    return 0.5 * sum(abs(counts.get(k, 0) / len(samples) - exact.get(k, 0.0)) for k in keys)
+
+
+def null_total_variations(exact: dict, n: int, sets: int = 400) -> list[float]:
+    """Sorted total variations of ``sets`` sets of ``n`` exact draws from ``exact``: what sampling
+    exactly gets with ``n`` samples, to bound a sampler's TV (seeded)."""
+    keys = list(exact)
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.tensor([exact[k] for k in keys])
+    draws = torch.multinomial(probs, n * sets, replacement=True, generator=gen)
+    return sorted(total_variation([keys[i] for i in chunk.tolist()], exact) for chunk in draws.view(sets, n))

@@ -9,10 +9,10 @@ here without any cache sharing; sampled, the streams' tokens follow the model's 
 from __future__ import annotations
 
 import json
-from collections import Counter
 
 import pytest
 import torch
+from conftest import null_total_variations, total_variation
 
 from pyspec.api import encode_prompts
 from pyspec.batch import StepBatch
@@ -281,11 +281,6 @@ def _exact_apar_joint(model, prompt: list[int], may_fork: bool = True) -> dict[t
     return joint
 
 
-def _tv(samples: list[tuple], exact: dict[tuple, float]) -> float:
-    counts = Counter(samples)
-    return 0.5 * sum(abs(counts[k] / len(samples) - exact.get(k, 0.0)) for k in set(counts) | set(exact))
-
-
 class _ForkFirst(Drafter):
     """Proposes ``[Fork]`` then a newline as fixed candidates (``q=None``): verification accepts each
     with the model's probability of it, ``trim_draft`` cuts the newline, and right after ``[Child]``
@@ -327,13 +322,8 @@ def test_sampled_apar_follows_the_models_distribution(model, drafter):
         for o in outs:
             main = tuple(o.streams[0]["tokens"])
             samples.append(main + (o.streams[1]["tokens"][0],) if main[0] == fork else main)
-    keys = list(exact)
-    gen = torch.Generator().manual_seed(0)
-    draws = torch.multinomial(
-        torch.tensor([exact[k] for k in keys]), n * 400, replacement=True, generator=gen
-    )
-    null = sorted(_tv([keys[i] for i in chunk.tolist()], exact) for chunk in draws.view(400, n))
-    tv = _tv(samples, exact)
+    null = null_total_variations(exact, n)
+    tv = total_variation(samples, exact)
     assert tv < null[int(0.99 * len(null))], (tv, null[len(null) // 2])
     sequential = _exact_apar_joint(model, prompt, may_fork=False)
     assert (

@@ -10,7 +10,7 @@ re-tokenized to bytes and back, or an n-gram lookup runs over the bytes.
 
 import pytest
 import torch
-from conftest import BYTES
+from conftest import BYTES, null_total_variations, total_variation
 
 import pyspec
 from pyspec.api import encode_prompts
@@ -115,14 +115,6 @@ def _exact_two_token_joint(model, prompt, params):
     }
 
 
-def _tv(pairs, exact):
-    counts = {}
-    for pair in pairs:
-        counts[pair] = counts.get(pair, 0) + 1
-    keys = set(counts) | set(exact)
-    return 0.5 * sum(abs(counts.get(k, 0) / len(pairs) - exact.get(k, 0.0)) for k in keys)
-
-
 SAMPLED_STACKS = {
     "chain": lambda m: build_stack(m, [m.first_layers(16)], [3]),
     "tree": lambda m: build_stack(m, [m.first_layers(16)], tree=TreeShape.branching([2, 2])),
@@ -147,13 +139,8 @@ def test_sampling_end_to_end_matches_the_target(model, stack):
     n = 300
     seeded = [SamplingParams(1.0, 4, 1.0, seed=s) for s in range(n)]
     out = generate_speculative(model, [prompt] * n, SAMPLED_STACKS[stack](model), 2, seeded)
-    tv_spec = _tv([tuple(o.tokens) for o in out], exact)
-    keys = list(exact)
-    gen = torch.Generator().manual_seed(0)
-    draws = torch.multinomial(
-        torch.tensor([exact[k] for k in keys]), n * 400, replacement=True, generator=gen
-    )
-    null = sorted(_tv([keys[i] for i in chunk.tolist()], exact) for chunk in draws.view(400, n))
+    tv_spec = total_variation([tuple(o.tokens) for o in out], exact)
+    null = null_total_variations(exact, n)
     draft_exact = _exact_two_token_joint(model.first_layers(16), prompt, params)
     tv_draft = 0.5 * sum(abs(draft_exact.get(k, 0) - exact.get(k, 0)) for k in set(exact) | set(draft_exact))
     assert tv_spec < null[int(0.99 * len(null))], (tv_spec, null[len(null) // 2])

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from conftest import null_total_variations, total_variation
 
 import pyspec
 from pyspec.api import encode_prompts
@@ -183,22 +184,8 @@ def test_heads_sampling_matches_the_target(model, name):
     n = 400
     seeded = [SamplingParams(1.0, 2, 1.0, seed=s) for s in range(n)]
     out = generate_speculative(model, [prompt] * n, build_stack(model, [name], tree=[2]), 3, seeded)
-    counts = {}
-    for o in out:
-        counts[tuple(o.tokens)] = counts.get(tuple(o.tokens), 0) + 1
-    tv = 0.5 * sum(abs(counts.get(k, 0) / n - exact.get(k, 0.0)) for k in set(counts) | set(exact))
-    keys = list(exact)
-    draws = torch.multinomial(
-        torch.tensor([exact[k] for k in keys]),
-        n * 400,
-        replacement=True,
-        generator=torch.Generator().manual_seed(0),
-    )
-    null = []
-    for chunk in draws.view(400, n):
-        c = torch.bincount(chunk, minlength=len(keys)).float() / n
-        null.append(0.5 * float((c - torch.tensor([exact[k] for k in keys])).abs().sum()))
-    null.sort()
+    tv = total_variation([tuple(o.tokens) for o in out], exact)
+    null = null_total_variations(exact, n)
     assert tv < null[int(0.99 * len(null))], (tv, null[len(null) // 2])
     target = out[0].stats["levels"][-1]
     assert target["drafted"] > 0, target
