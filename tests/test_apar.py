@@ -128,22 +128,26 @@ def test_own_replies_come_first_and_loops_are_left_out(model, tmp_path):
 # Decoding ---------------------------------------------------------------------------------------------
 
 
-def _reference_tokens(model, context: list[int], start: int, may_fork: bool) -> list[int]:
-    """Greedy tokens after ``context[:start]`` recomputed in one fresh causal pass over the stream's
-    context, with APAR's bans: [Child] never, [Fork] not after a control token (nor when forbidden)."""
+def _banned_logits(model, tokens: list[int], first: int, may_fork: bool) -> torch.Tensor:
+    """``[len(tokens) - first, vocab]``: the model's logits after ``tokens[first:]``, from one fresh
+    causal pass, with APAR's bans: [Child] never, [Fork] not after a control token (nor when
+    forbidden)."""
     fork, child = model.control_tokens
-    cache = model.new_cache(num_pages=len(context) // 16 + 2)
-    seq = cache.add_sequence()
-    batch = StepBatch.build(cache, [seq], [context[:-1]])
-    rows = torch.arange(start - 1, len(context) - 1)
+    cache = model.new_cache(num_pages=len(tokens) // 16 + 2)
+    batch = StepBatch.build(cache, [cache.add_sequence()], [tokens])
     with torch.inference_mode():
-        logits = model(batch, cache, logits_rows=rows).logits
+        logits = model(batch, cache, logits_rows=torch.arange(first, len(tokens))).logits
     logits = logits.clone()  # a normal tensor, to ban in place
-    for r, before in enumerate(context[start - 1 : -1]):
+    for r, before in enumerate(tokens[first:]):
         logits[r, child] = float("-inf")
         if not may_fork or before in (fork, child):
             logits[r, fork] = float("-inf")
-    return logits.argmax(-1).tolist()
+    return logits
+
+
+def _reference_tokens(model, context: list[int], start: int, may_fork: bool) -> list[int]:
+    """Greedy tokens after ``context[:start]`` recomputed over the stream's whole context."""
+    return _banned_logits(model, context[:-1], start - 1, may_fork).argmax(-1).tolist()
 
 
 def test_every_stream_is_the_models_own_greedy_decoding(model, outputs):
@@ -241,21 +245,9 @@ SAMPLED = SamplingParams(temperature=1.0, top_k=4)
 
 
 def _banned_probabilities(model, contexts: list[list[int]], may_fork: bool = True) -> torch.Tensor:
-    """``[len(contexts), vocab]``: the distribution after each context under APAR's bans, each
-    recomputed in its own fresh cache."""
-    fork, child = model.control_tokens
-    rows = []
-    for ctx in contexts:
-        cache = model.new_cache(num_pages=len(ctx) // 16 + 2)
-        batch = StepBatch.build(cache, [cache.add_sequence()], [ctx])
-        with torch.inference_mode():
-            logits = model(batch, cache).logits[0]
-        logits = logits.clone()  # a normal tensor, to ban in place
-        logits[child] = float("-inf")
-        if not may_fork or ctx[-1] in (fork, child):
-            logits[fork] = float("-inf")
-        rows.append(probabilities(logits, SAMPLED))
-    return torch.stack(rows)
+    """``[len(contexts), vocab]``: the distribution after each context under APAR's bans."""
+    rows = [_banned_logits(model, ctx, len(ctx) - 1, may_fork)[0] for ctx in contexts]
+    return probabilities(torch.stack(rows), SAMPLED)
 
 
 def _exact_apar_joint(model, prompt: list[int], may_fork: bool = True) -> dict[tuple, float]:
