@@ -7,13 +7,15 @@ assistant. Needs ``make qwen``.
    (``--candidates``; saved to ``<out>/profile_qwen.json``, reused with ``--profile``) and plans.
 2. Runs pyspec ``ar`` and ``plan`` and HF ``hf``, ``hf-pld``, ``hf-assisted`` on held-out HumanEval
    and MT-bench prompts, greedy fp32, batch 1, interleaved with the order rotated per prompt;
-   every output is checked token for token against its own tool's plain decoding.
+   every output is checked token for token against its own tool's plain decoding. When Qwen's
+   trained hidden-transfer layers are shipped, pyspec ``hidden-transfer`` (a tree of
+   ``--heads-tree`` widths drafted from Qwen's own pass) runs too.
 
     python benchmarks/heavy.py            # 3 HumanEval + 3 MT-bench prompts, 128 new tokens (~45 min here)
     python benchmarks/heavy.py --quick    # 1 + 1 prompts, 32 new tokens, a smaller profile
 
 Last line JSON: ``{"speedup_vs_hf_plain": {"humaneval", "mtbench"}, "speedup_vs_hf_assisted": {...},
-"lossless": true|false, "plan": "..."}``.
+"lossless": true|false, "plan": "..."}``, plus ``"hidden_transfer_vs_hf_plain"`` when that mode ran.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 from planner.plan import make_plan
 from pyspec.api import load_model, profile_model
 from pyspec.bench import bench
+from pyspec.drafters.trained import weights_path
 from pyspec.report import markdown, write_report
 
 TARGET = "qwen2.5-coder-1.5b-instruct"
@@ -36,14 +39,21 @@ ASSISTANT = "smollm2-135m-instruct"
 
 def heavy_headline(report: dict) -> dict:
     """The issue's figures: pyspec ``plan`` over HF plain and over HF assisted, per dataset."""
-    out: dict = {"speedup_vs_hf_plain": {}, "speedup_vs_hf_assisted": {}}
+    figures = (
+        ("speedup_vs_hf_plain", "plan", "hf"),
+        ("speedup_vs_hf_assisted", "plan", "hf-assisted"),
+        ("hidden_transfer_vs_hf_plain", "hidden-transfer", "hf"),
+    )
+    out: dict = {key: {} for key, _, _ in figures}
     for dataset, cats in report["summary"].items():
         modes = cats["all"]
-        for key, base in (("speedup_vs_hf_plain", "hf"), ("speedup_vs_hf_assisted", "hf-assisted")):
-            if "plan" in modes and base in modes:
+        for key, ours, base in figures:
+            if ours in modes and base in modes:
                 out[key][dataset] = round(
-                    modes["plan"]["tokens_per_second"] / modes[base]["tokens_per_second"], 3
+                    modes[ours]["tokens_per_second"] / modes[base]["tokens_per_second"], 3
                 )
+    if not out["hidden_transfer_vs_hf_plain"]:
+        del out["hidden_transfer_vs_hf_plain"]
     out["lossless"] = report["headline"]["lossless"]
     out["plan"] = report["plan"]
     return out
@@ -63,6 +73,13 @@ def main() -> None:
         "--calibration-prompts", type=int, default=None, help="per dataset (default 2; quick 1)"
     )
     parser.add_argument("--profile", default=None, help="reuse a profile saved by an earlier run")
+    parser.add_argument(
+        "--heads-tree",
+        nargs="+",
+        type=int,
+        default=[1, 1, 1],
+        help="mode hidden-transfer: candidates per depth (default a chain of 3)",
+    )
     parser.add_argument("--out", default=None, help="default results/heavy (--quick: results/quick/heavy)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -81,15 +98,19 @@ def main() -> None:
     choice = make_plan(profile, max_block=16).for_batch(1)
     predicted, plain = choice.seconds_per_token * 1e3, choice.no_speculation_seconds * 1e3
     print(f"plan: {choice.label} (predicted {predicted:.0f} ms/token, plain {plain:.0f})", flush=True)
+    modes = ["ar", "plan", "hf", "hf-pld", "hf-assisted"]
+    if weights_path(target, "hidden-transfer").exists():
+        modes.insert(2, "hidden-transfer")
     report = bench(
         target,
         ["humaneval", "mtbench"],
-        ["ar", "plan", "hf", "hf-pld", "hf-assisted"],
+        modes,
         limit,
         max_new,
         args.repeats,
         assistant=ASSISTANT,
         profile=profile,
+        heads_tree=args.heads_tree,
     )
     report["headline"] = heavy_headline(report)
     write_report(report, out, None)

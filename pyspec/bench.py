@@ -9,6 +9,9 @@ Modes (greedy, batch 1, each prompt alone, end to end: prefill included):
 - ``ngram``: pyspec with prompt-lookup drafts (``block`` tokens);
 - ``plan``: the configuration :func:`pyspec.plan` chooses on this machine (profiled first, on
   calibration prompts);
+- ``hidden-transfer``: pyspec with the target's trained hidden-transfer layers
+  (``pyspec/weights/<target>/hidden-transfer.safetensors``), drafting a tree of per-depth widths
+  ``heads_tree`` from the target's own pass;
 - ``hf``: ``transformers`` ``generate()``, the reference tokens of the other HF modes;
 - ``hf-pld``: ``generate(prompt_lookup_num_tokens=10)``;
 - ``hf-assisted``: ``generate(assistant_model=...)``; the assistant is ``early:N`` (pyspec's
@@ -50,7 +53,7 @@ from pyspec.decoding.speculative import generate_speculative
 from pyspec.models.llama import LlamaModel
 from pyspec.report import markdown, write_report
 
-PYSPEC_MODES = ("ar", "ngram", "plan")
+PYSPEC_MODES = ("ar", "ngram", "plan", "hidden-transfer")
 HF_MODES = ("hf", "hf-pld", "hf-assisted")
 DATASETS = {"mtbench": (mtbench, True), "humaneval": (humaneval, False)}  # loader, chat template
 PLD_TOKENS = 10  # transformers' usual prompt_lookup_num_tokens
@@ -133,11 +136,13 @@ class Modes:
         block: int = 5,
         plan=None,
         assistant: str = "early:20",
+        heads_tree: Sequence[int] = (1, 1, 1),
     ) -> None:
         check_modes(modes)
         if "plan" in modes and plan is None:
             raise ValueError("mode 'plan' needs a plan")
         self.model, self.block, self.plan, self.assistant_spec = model, block, plan, assistant
+        self.heads_tree = list(heads_tree)
         self.eos = list(model.config.eos_token_ids)
         self._hf = self._assistant = None
         self._assistant_kw: dict = {}
@@ -205,6 +210,8 @@ class Modes:
             drafter = None
         elif mode == "ngram":
             drafter = build_stack(self.model, ["ngram"], [self.block])
+        elif mode == "hidden-transfer":
+            drafter = build_stack(self.model, ["hidden-transfer"], tree=self.heads_tree)
         else:
             drafter = drafter_from_plan(self.model, self.plan, 1)
         start = time.perf_counter()
@@ -354,6 +361,7 @@ def bench(
     calibration_prompts: int = 4,
     profile: dict | None = None,
     progress: bool = True,
+    heads_tree: Sequence[int] = (1, 1, 1),
 ) -> dict:
     """Runs the suite (see the module docstring) and returns the report: settings, machine, date,
     summary per dataset/category/mode, headline figures, per-run records. Mode ``plan`` profiles
@@ -380,7 +388,7 @@ def bench(
         if profile is None:
             profile = profile_model(target, ["ngram"], calibration_prompts=calibration_prompts)
         plan = make_plan(profile, max_block=16)
-    runner = Modes(target, names, block, plan, assistant)
+    runner = Modes(target, names, block, plan, assistant, heads_tree)
     records = run_suite(runner, names, items, max_new_tokens, repeats, progress)
     summary = summarize(records, names)
     name = getattr(target, "name", str(model))
@@ -396,6 +404,7 @@ def bench(
         "repeats": repeats,
         "block": block,
         "assistant": assistant,
+        "heads_tree": list(heads_tree) if "hidden-transfer" in names else None,
         "plan": plan.for_batch(1).label if plan else None,
         "summary": summary,
         "headline": headline(summary, model_key, "plan" if "plan" in names else "ngram"),
@@ -523,6 +532,7 @@ def run_cli(args) -> int:
         args.block,
         args.assistant,
         profile=profile,
+        heads_tree=args.heads_tree,
     )
     write_report(report, args.out, args.readme)
     print(markdown(report))

@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--modes",
         nargs="+",
         default=["ar", "ngram", "plan", "hf", "hf-pld", "hf-assisted"],
-        help="ar, ngram, plan (pyspec); hf, hf-pld, hf-assisted (transformers generate())",
+        help="ar, ngram, plan, hidden-transfer (pyspec); hf, hf-pld, hf-assisted (transformers generate())",
     )
     be.add_argument(
         "--limit", type=int, default=None, help="prompts per dataset, spread evenly (default all)"
@@ -258,6 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--assistant",
         default="early:20",
         help="hf-assisted's assistant: 'early:N' (the target's first N layers) or another model",
+    )
+    be.add_argument(
+        "--heads-tree",
+        nargs="+",
+        type=int,
+        default=[1, 1, 1],
+        help="mode 'hidden-transfer': candidates per depth (default a chain of 3)",
     )
     be.add_argument("--profile", default=None, help="a profile from `pyspec profile` for mode 'plan'")
     be.add_argument(

@@ -1,5 +1,6 @@
-"""Shared helpers: random ragged batches over shuffled paged caches, the devices to test on, and a
-byte-level tokenizer (a second real tokenizer for cross-tokenizer drafts)."""
+"""Shared helpers: random ragged batches over shuffled paged caches, the devices to test on, a
+byte-level tokenizer (a second real tokenizer for cross-tokenizer drafts), and the heavy target
+Qwen2.5-Coder-1.5B (skipped when not installed)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+import pyspec
 import pyspec.ops  # noqa: F401  (loads the extension)
+from pyspec.models.loading import ModelNotFoundError, resolve
 from pyspec.tree import ancestor_mask, pack_tree_masks
 
 DEVICES = [
@@ -17,6 +20,17 @@ DEVICES = [
         "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
     ),
 ]
+
+
+@pytest.fixture(scope="session")
+def qwen():
+    """Qwen2.5-Coder-1.5B-Instruct (6 GB in fp32, loaded once), or a skip when ``make qwen`` has not
+    installed it."""
+    try:
+        resolve("qwen2.5-coder-1.5b-instruct", progress=False)
+    except ModelNotFoundError:
+        pytest.skip("Qwen2.5-Coder-1.5B is not installed (make qwen)")
+    return pyspec.load_model("qwen2.5-coder-1.5b-instruct", progress=False)
 
 
 @dataclass

@@ -17,7 +17,6 @@ from pyspec.decoding.speculative import generate_speculative
 from pyspec.drafters.cross import CrossTokenizerDrafter
 from pyspec.drafters.model import ModelDrafter
 from pyspec.drafters.ngram import NgramDrafter
-from pyspec.models.loading import ModelNotFoundError, resolve
 
 
 @pytest.fixture(scope="module")
@@ -86,15 +85,6 @@ def test_a_draft_out_of_cache_stops_drafting_and_loses_nothing(smollm2):
     with pytest.warns(UserWarning, match="without its drafts"):
         out = generate_speculative(smollm2, prompt, tiny, 12)
     assert out[0].tokens == reference and tiny.exhausted
-
-
-@pytest.fixture(scope="module")
-def qwen():
-    try:
-        resolve("qwen2.5-coder-1.5b-instruct", progress=False)
-    except ModelNotFoundError:
-        pytest.skip("Qwen2.5-Coder-1.5B is not installed (make qwen)")
-    return pyspec.load_model("qwen2.5-coder-1.5b-instruct", progress=False)
 
 
 def test_smollm2_drafts_for_qwen_are_lossless(qwen, smollm2):

