@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 EXT_SOURCES := $(shell find csrc -name '*.h' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.cu') setup.py pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: setup run test bench bench-ar bench-spec bench-planner bench-batch bench-suite bench-heavy bench-drafts train-drafts train-apar bench-apar qwen lint cuda-build-check cmake-build clean
+.PHONY: setup run test bench bench-ar bench-spec bench-planner bench-batch bench-suite bench-heavy bench-drafts train-drafts train-qwen-draft train-apar bench-apar qwen lint cuda-build-check cmake-build clean
 
 setup: $(VENV)/.built
 
@@ -79,6 +79,17 @@ train-drafts: setup
 	$(PY) -m pyspec.training teacher --split train --sequences 1000 --no-hidden
 	$(PY) -m pyspec.training train draft-lm --layers 1 --tokens 750000 --lr 3e-3 --sequences 1000
 	$(PY) -m pyspec.training train draft-lm --layers 3 --tokens 600000 --lr 2e-3 --sequences 1000
+
+# Qwen2.5-Coder-1.5B's own draft: hidden-transfer layers injected 2 layers below the top, so that
+# training runs through 2 of Qwen's 28 layers (about 1.5 hours on 2 CPU cores; a GPU is used when
+# present; resumable). Writes pyspec/weights/qwen2.5-coder-1.5b-instruct/hidden-transfer.*
+QWEN_HT_LAYER ?= 26
+QWEN_HT_TOKENS ?= 45000
+train-qwen-draft: setup qwen
+	$(PY) -m pyspec.training teacher --target qwen2.5-coder-1.5b-instruct --split held_out --sequences 16
+	$(PY) -m pyspec.training teacher --target qwen2.5-coder-1.5b-instruct --split train --sequences 200
+	$(PY) -m pyspec.training train hidden-transfer --target qwen2.5-coder-1.5b-instruct \
+	    --layers $(QWEN_HT_LAYER) --tokens $(QWEN_HT_TOKENS) --sequences 200 --held-out 16
 
 # Draft LMs, the n-gram > draft > draft hierarchy, Medusa heads and hidden transfer against autoregressive.
 bench-drafts: setup
