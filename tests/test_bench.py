@@ -11,7 +11,7 @@ from pyspec.cli import main
 from pyspec.profile import hardware
 from pyspec.report import update_readme, write_report
 
-MODES = ["ar", "ngram", "plan", "hf", "hf-pld", "hf-assisted"]
+MODES = ["ar", "ngram", "plan", "hidden-transfer", "hf", "hf-pld", "hf-assisted"]
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,7 @@ def report(model, profile):
         max_new_tokens=12,
         assistant="early:6",
         profile=profile,
+        heads_tree=[2, 1],
     )
 
 
@@ -57,6 +58,7 @@ def test_every_mode_runs_on_every_prompt_and_matches_its_reference(report):
             assert m["tokens_per_second"] > 0 and m["prompts"] == 1
         assert modes["ar"]["speedup_vs_ar"] == pytest.approx(1.0)
         assert modes["ngram"]["mat"] >= 1.0 and modes["hf"]["mat"] is None
+        assert modes["hidden-transfer"]["mat"] >= 1.0
     assert report["summary"]["mtbench"].keys() == {"all", "writing"}  # the first MT-bench question
     assert len(report["records"]) == 2 * len(MODES)
     head = report["headline"]
@@ -64,6 +66,7 @@ def test_every_mode_runs_on_every_prompt_and_matches_its_reference(report):
     assert set(head["speedup_vs_hf_plain"]) == {"smollm2_mtbench", "smollm2_humaneval"}
     assert report["hf_agrees_with_ar"][1] == 2
     assert {p["mode"] for p in report["predictions"]} == {"ar", "ngram", "plan"}
+    assert report["heads_tree"] == [2, 1]
 
 
 def test_report_files_and_readme_section(report, tmp_path):
