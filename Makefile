@@ -81,7 +81,7 @@ train-drafts: setup
 	$(PY) -m pyspec.training train draft-lm --layers 3 --tokens 600000 --lr 2e-3 --sequences 1000
 
 # Qwen2.5-Coder-1.5B's own draft: hidden-transfer layers injected 2 layers below the top, so that
-# training runs through 2 of Qwen's 28 layers (about 1.5 hours on 2 CPU cores; a GPU is used when
+# training runs through 2 of Qwen's 28 layers (about 1.1 hours on 2 CPU cores; a GPU is used when
 # present; resumable). Writes pyspec/weights/qwen2.5-coder-1.5b-instruct/hidden-transfer.*
 QWEN_HT_LAYER ?= 26
 QWEN_HT_TOKENS ?= 45000

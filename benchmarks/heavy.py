@@ -38,7 +38,8 @@ ASSISTANT = "smollm2-135m-instruct"
 
 
 def heavy_headline(report: dict) -> dict:
-    """The issue's figures: pyspec ``plan`` over HF plain and over HF assisted, per dataset."""
+    """The issue's figures: pyspec ``plan`` over HF plain and over HF assisted, per dataset (and
+    ``hidden-transfer`` over HF plain when it ran)."""
     figures = (
         ("speedup_vs_hf_plain", "plan", "hf"),
         ("speedup_vs_hf_assisted", "plan", "hf-assisted"),
