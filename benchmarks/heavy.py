@@ -68,7 +68,9 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default 128 (--quick 32)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument(
-        "--candidates", default=f"ngram,{ASSISTANT}", help="drafts the planner may stack, cheapest first"
+        "--candidates",
+        default=f"ngram,{ASSISTANT},{ASSISTANT}@bf16",
+        help="drafts the planner may stack, cheapest first (name@bf16: that model in bfloat16)",
     )
     parser.add_argument(
         "--calibration-prompts", type=int, default=None, help="per dataset (default 2; quick 1)"

@@ -60,7 +60,14 @@ def resolve_candidate(target: LlamaModel, name: str) -> LlamaModel | str:
     """A candidate draft by name: ``"ngram"``, ``"early:N"`` (the target's first N layers), a trained
     draft LM (``"draft-lm-1l"``, :mod:`pyspec.drafters.trained`) or a
     registry model (``"smollm2-135m-instruct"``; loaded once), whose drafts are re-tokenized when its
-    tokenizer differs from the target's."""
+    tokenizer differs from the target's. A registry name with ``@bf16`` loads that model in bfloat16:
+    a draft's precision changes how often it is right, never the output (the target verifies in its
+    own dtype), and on a CPU bfloat16 weights halve the bytes a drafting pass streams.
+
+    Example:
+        >>> resolve_candidate(target, "smollm2-135m-instruct@bf16").embed_tokens.dtype  # doctest: +SKIP
+        torch.bfloat16
+    """
     if name == "ngram":
         return name
     if name.startswith("early:"):
@@ -71,16 +78,24 @@ def resolve_candidate(target: LlamaModel, name: str) -> LlamaModel | str:
         return load_draft_model(target, name)
     from pyspec.models.loading import REGISTRY
 
-    if name in REGISTRY:
-        return _registry_model(name)
-    raise ValueError(f"unknown candidate draft {name!r}: use 'ngram', 'early:N' or one of {sorted(REGISTRY)}")
+    base, _, precision = name.partition("@")
+    if base in REGISTRY and precision in ("", "bf16"):
+        return _registry_model(base, precision)
+    raise ValueError(
+        f"unknown candidate draft {name!r}: use 'ngram', 'early:N', 'draft-lm-1l', 'draft-lm-3l' or one "
+        f"of {sorted(REGISTRY)} (with '@bf16' for bfloat16 weights)"
+    )
 
 
 @functools.cache
-def _registry_model(name: str) -> LlamaModel:
+def _registry_model(name: str, precision: str = "") -> LlamaModel:
     from pyspec.api import load_model
 
-    return load_model(name, progress=False)
+    if not precision:
+        return load_model(name, progress=False)
+    model = load_model(name, dtype=torch.bfloat16, progress=False)
+    model.name = f"{name}@{precision}"
+    return model
 
 
 def forward_seconds(

@@ -78,6 +78,21 @@ def test_greedy_is_token_identical_to_autoregressive(model, prompts, reference, 
     assert sum(o.stats["target_passes"] for o in out) < sum(len(o.tokens) for o in out)
 
 
+def test_a_bfloat16_draft_changes_no_token(model, prompts, reference):
+    """A registry draft with ``@bf16`` runs in bfloat16 (the real SmolLM2 weights, rounded): its
+    drafts differ from the fp32 target's own choices now and then, and the output does not."""
+    from pyspec.profile import resolve_candidate
+
+    draft = resolve_candidate(model, "smollm2-135m-instruct@bf16")
+    assert draft.embed_tokens.dtype == torch.bfloat16 and draft.name == "smollm2-135m-instruct@bf16"
+    out = generate_speculative(model, prompts, build_stack(model, [draft], [4]), NEW_TOKENS)
+    assert [o.tokens for o in out] == reference
+    target = out[0].stats["levels"][-1]
+    assert target["accepted"] > 0.5 * target["drafted"], target
+    with pytest.raises(ValueError, match="@bf16"):
+        resolve_candidate(model, "smollm2-135m-instruct@fp8")
+
+
 def test_stops_like_autoregressive(model):
     """End of sequence, stop strings and the length limit cut the output where plain decoding does."""
     kw = dict(max_new_tokens=64, stop=["\n"])
