@@ -218,7 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     def measuring(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", default="smollm2-135m-instruct")
         p.add_argument(
-            "--drafts", nargs="+", default=["ngram"], help="candidates: 'ngram', 'early:N', a model name"
+            "--drafts",
+            nargs="+",
+            default=["ngram"],
+            help="candidates: 'ngram', 'early:N', 'draft-lm-1l', a model name (name@bf16: in bfloat16)",
         )
         p.add_argument("--batch-sizes", nargs="+", type=int, default=[1])
         p.add_argument("--temperature", type=float, default=0.0)
