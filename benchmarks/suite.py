@@ -3,9 +3,11 @@
 1. SmolLM2-135M-Instruct on MT-bench and HumanEval: pyspec ``ar``, ``ngram``, ``plan`` (profiled
    here first) against HF plain, prompt lookup and assisted generation (pyspec's early-exit draft
    exported as a transformers model; trained drafts replace it when they exist).
-2. Qwen2.5-Coder-1.5B-Instruct on HumanEval (when installed: ``make qwen``): pyspec ``ar`` and
-   ``ngram`` against HF plain and prompt lookup. Qwen is not profiled (its acceptance replay alone
-   would take ~10 minutes here); its n-gram block is ``--qwen-block``.
+2. Qwen2.5-Coder-1.5B-Instruct on HumanEval (when installed: ``make qwen``): pyspec ``ar``,
+   ``ngram`` and ``plan`` against HF plain and prompt lookup. The plan comes from the profile that
+   ``benchmarks/heavy.py`` saved (``--qwen-profile``, default ``results/heavy/profile_qwen.json``:
+   Qwen, n-gram and SmolLM2 drafts across tokenizers); without one, Qwen is not profiled here (that
+   takes ~10 minutes) and ``plan`` is left out. Its n-gram block is ``--qwen-block``.
 
 Writes ``results/`` (JSON, markdown, plots) and regenerates the README's results section (full run
 only). Every output is checked token for token against its own tool's plain decoding.
@@ -15,13 +17,14 @@ only). Every output is checked token for token against its own tool's plain deco
     python benchmarks/suite.py --limit 0  # every prompt: 80 + 164 (about 4 hours for SmolLM2 here)
 
 Last line JSON: ``{"speedup_vs_hf_plain": {"smollm2_mtbench", "smollm2_humaneval", "qwen_humaneval"},
-"speedup_vs_hf_pld": {...}, "lossless"}`` (pyspec's ``plan`` mode for SmolLM2, ``ngram`` for Qwen).
+"speedup_vs_hf_pld": {...}, "lossless"}`` (pyspec's ``plan`` mode; ``ngram`` for Qwen without a profile).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import _path  # noqa: F401  (first: keeps benchmarks/planner.py from shadowing the planner package)
 import torch
@@ -40,6 +43,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--qwen-limit", type=int, default=5, help="HumanEval prompts for Qwen")
     parser.add_argument("--qwen-block", type=int, default=8, help="Qwen's n-gram block size")
+    parser.add_argument(
+        "--qwen-profile",
+        default="results/heavy/profile_qwen.json",
+        help="Qwen's profile for mode plan (written by benchmarks/heavy.py)",
+    )
     parser.add_argument(
         "--assistant", default="early:6", help="HF assisted generation's draft (default early:6)"
     )
@@ -66,16 +74,21 @@ def main() -> None:
     write_report(reports[0], out, readme)
     print(markdown(reports[0]), flush=True)
     if not (args.quick or args.skip_qwen):
+        qwen_profile = Path(args.qwen_profile)
+        profile = json.loads(qwen_profile.read_text()) if qwen_profile.exists() else None
+        if profile is None:
+            print(f"no Qwen profile at {qwen_profile} (run benchmarks/heavy.py): Qwen runs without plan")
         try:
             reports.append(
                 bench(
                     "qwen2.5-coder-1.5b-instruct",
                     ["humaneval"],
-                    ["ar", "ngram", "hf", "hf-pld"],
+                    ["ar", "ngram"] + (["plan"] if profile else []) + ["hf", "hf-pld"],
                     args.qwen_limit,
                     max_new,
                     args.repeats,
                     block=args.qwen_block,
+                    profile=profile,
                 )
             )
             write_report(reports[-1], out, readme)
