@@ -15,6 +15,7 @@ only). Every output is checked token for token against its own tool's plain deco
     python benchmarks/suite.py            # 12 + 12 SmolLM2 prompts, 5 Qwen prompts, 128 new tokens (~1 h)
     python benchmarks/suite.py --quick    # 2 + 2 SmolLM2 prompts x 32 tokens, no Qwen (a few minutes)
     python benchmarks/suite.py --limit 0  # every prompt: 80 + 164 (about 4 hours for SmolLM2 here)
+    python benchmarks/suite.py --limit 0 --resume   # the same across sessions: stop any time, rerun
 
 Last line JSON: ``{"speedup_vs_hf_plain": {"smollm2_mtbench", "smollm2_humaneval", "qwen_humaneval"},
 "speedup_vs_hf_pld": {...}, "lossless"}`` (pyspec's ``plan`` mode; ``ngram`` for Qwen without a profile).
@@ -53,6 +54,11 @@ def main() -> None:
     )
     parser.add_argument("--skip-qwen", action="store_true")
     parser.add_argument("--out", default=None, help="default results/ (--quick: results/quick/)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep finished runs in <out>/journal_<model>.jsonl and go on from them (long runs)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     limit = (2 if args.quick else 12) if args.limit is None else (args.limit or None)
@@ -69,6 +75,7 @@ def main() -> None:
             max_new,
             args.repeats,
             assistant=args.assistant,
+            journal=f"{out}/journal_smollm2.jsonl" if args.resume else None,
         )
     ]
     write_report(reports[0], out, readme)
@@ -89,6 +96,7 @@ def main() -> None:
                     args.repeats,
                     block=args.qwen_block,
                     profile=profile,
+                    journal=f"{out}/journal_qwen.jsonl" if args.resume else None,
                 )
             )
             write_report(reports[-1], out, readme)

@@ -85,6 +85,7 @@ class Record:
     mat: float | None = None
     decode_seconds: float | None = None  # after the first step (pyspec modes): what the planner predicts
     tokens: list[int] = field(default_factory=list, repr=False)
+    day: str = field(default_factory=lambda: date.today().isoformat())
 
 
 def pick(prompts: list, limit: int | None) -> list:
@@ -225,6 +226,39 @@ class Modes:
         return out.tokens, seconds, out.stats.get("mat"), decode
 
 
+class Journal:
+    """A JSON-lines file of finished runs, so that a long suite can stop and go on later: the first
+    line holds the settings the runs were made with, each further line one :class:`Record` (with its
+    tokens and the day it ran). Reopening it with other settings is an error, not a silent mix."""
+
+    def __init__(self, path: str | os.PathLike, settings: dict) -> None:
+        self.path = Path(path)
+        self.done: dict[tuple[str, str, str, int], Record] = {}
+        if self.path.exists() and self.path.stat().st_size:
+            lines = self.path.read_text().splitlines()
+            if json.loads(lines[0]) != settings:
+                raise ValueError(
+                    f"the journal {self.path} was written with other settings ({lines[0]}), not "
+                    f"{json.dumps(settings)}: give another journal file"
+                )
+            kept = [lines[0]]
+            for line in lines[1:]:
+                try:
+                    record = Record(**json.loads(line))
+                except (json.JSONDecodeError, TypeError):  # cut short by a stop: run again
+                    continue
+                self.done[(record.mode, record.dataset, record.id, record.repeat)] = record
+                kept.append(line)
+            self.path.write_text("\n".join(kept) + "\n")  # without the cut line, so appends stay whole
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(settings) + "\n")
+
+    def add(self, record: Record) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(asdict(record)) + "\n")
+
+
 def run_suite(
     modes: Modes,
     names: Sequence[str],
@@ -232,26 +266,33 @@ def run_suite(
     max_new: int,
     repeats: int = 1,
     progress: bool = True,
+    journal: Journal | None = None,
 ) -> list[Record]:
     """Every mode on every prompt, ``repeats`` times, interleaved (the order rotated per prompt); each
-    output checked against its reference (``ar`` for pyspec modes, ``hf`` for the other HF modes)."""
+    output checked against its reference (``ar`` for pyspec modes, ``hf`` for the other HF modes).
+    Runs the ``journal`` holds are taken from it; each new run is appended to it as it finishes."""
     names = list(names)
     references: dict[tuple[str, str, str], list[int]] = {}
     records = []
+    done = journal.done if journal is not None else {}
     bar = tqdm(total=repeats * len(items) * len(names), desc="bench", disable=not progress)
     for repeat in range(repeats):
         for i, item in enumerate(items):
             shift = (i + repeat) % len(names)
             for name in names[shift:] + names[:shift]:
-                tokens, seconds, mat, decode = modes.run(name, item.ids, max_new)
+                record = done.get((name, item.dataset, item.id, repeat))
+                if record is None:
+                    tokens, seconds, mat, decode = modes.run(name, item.ids, max_new)
+                    record = Record(
+                        name, item.dataset, item.category, item.id, repeat, len(tokens), seconds, True
+                    )
+                    record.mat, record.decode_seconds, record.tokens = mat, decode, tokens
+                    if journal is not None:
+                        journal.add(record)
                 ref_mode = "ar" if name in PYSPEC_MODES else "hf"
                 key = (ref_mode, item.dataset, item.id)
                 if name == ref_mode and key not in references:
-                    references[key] = tokens
-                record = Record(
-                    name, item.dataset, item.category, item.id, repeat, len(tokens), seconds, True
-                )
-                record.mat, record.decode_seconds, record.tokens = mat, decode, tokens
+                    references[key] = record.tokens
                 records.append(record)  # checked below, once every reference exists
                 bar.update()
     bar.close()
@@ -362,11 +403,15 @@ def bench(
     profile: dict | None = None,
     progress: bool = True,
     heads_tree: Sequence[int] = (1, 1, 1),
+    journal: str | os.PathLike | None = None,
 ) -> dict:
     """Runs the suite (see the module docstring) and returns the report: settings, machine, date,
     summary per dataset/category/mode, headline figures, per-run records. Mode ``plan`` profiles
     the target on ``calibration_prompts`` MT-bench and HumanEval prompts held out of the benchmark
     splits (:func:`pyspec.profile_model`), unless a ``profile`` (from ``pyspec profile``) is given.
+    With a ``journal`` file, a run that stops (a session's end, a crash) goes on where it stopped
+    when called again with the same settings: finished runs are read back, not repeated
+    (:class:`Journal`); the report then names every day its runs come from.
 
     Example:
         >>> report = bench("smollm2-135m-instruct", ["mtbench"], ["ar", "hf"], limit=8)  # doctest: +SKIP
@@ -389,7 +434,20 @@ def bench(
             profile = profile_model(target, ["ngram"], calibration_prompts=calibration_prompts)
         plan = make_plan(profile, max_block=16)
     runner = Modes(target, names, block, plan, assistant, heads_tree)
-    records = run_suite(runner, names, items, max_new_tokens, repeats, progress)
+    settings = {
+        "model": getattr(target, "name", str(model)),
+        "datasets": list(datasets),
+        "modes": names,
+        "limit": limit,
+        "max_new_tokens": max_new_tokens,
+        "repeats": repeats,
+        "block": block,
+        "assistant": assistant,
+        "plan": plan.for_batch(1).label if plan else None,
+        "threads": torch.get_num_threads(),
+    }
+    book = Journal(journal, settings) if journal is not None else None
+    records = run_suite(runner, names, items, max_new_tokens, repeats, progress, book)
     summary = summarize(records, names)
     name = getattr(target, "name", str(model))
     model_key = MODEL_KEYS.get(name, name.split("-")[0].lower())
@@ -398,6 +456,7 @@ def bench(
         "model_key": model_key,
         "machine": machine(),
         "date": date.today().isoformat(),
+        "days": sorted({r.day for r in records}),
         "datasets": list(datasets),
         "modes": names,
         "max_new_tokens": max_new_tokens,
@@ -533,6 +592,7 @@ def run_cli(args) -> int:
         args.assistant,
         profile=profile,
         heads_tree=args.heads_tree,
+        journal=args.journal,
     )
     write_report(report, args.out, args.readme)
     print(markdown(report))

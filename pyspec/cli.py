@@ -280,6 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--batch-sizes", nargs="+", type=int, default=[1], help="--random-weights: batch sizes")
     be.add_argument("--out", default="results", help="folder for the JSON, markdown and plots")
     be.add_argument("--readme", default=None, help="regenerate this README's results section")
+    be.add_argument(
+        "--journal",
+        default=None,
+        help="JSON-lines file of finished runs: a stopped suite goes on where it stopped (same settings)",
+    )
 
     def _bench(args: argparse.Namespace) -> int:
         from pyspec.bench import run_cli

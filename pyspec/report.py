@@ -13,8 +13,10 @@ README_BEGIN, README_END = "<!-- bench:begin -->", "<!-- bench:end -->"
 def markdown(report: dict) -> str:
     """The report as markdown: one table per dataset (categories x modes: tokens/s and speed-up over
     pyspec's autoregressive decoding), MAT and identity."""
+    days = report.get("days") or [report["date"]]
+    when = days[0] if len(days) == 1 else f"runs of {', '.join(days)} (resumed from a journal)"
     lines = [
-        f"**{report['model']}** on {report['machine']}, {report['date']}; greedy fp32, batch 1, "
+        f"**{report['model']}** on {report['machine']}, {when}; greedy fp32, batch 1, "
         f"{report['max_new_tokens']} new tokens, {report['repeats']} repeat(s), modes interleaved"
         + (f"; plan: `{report['plan']}`" if report.get("plan") else "")
         + (f"; assistant: `{report['assistant']}`" if "hf-assisted" in report["modes"] else "")

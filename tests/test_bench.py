@@ -100,6 +100,36 @@ def test_a_wrong_output_is_reported(model, monkeypatch):
     assert report["headline"]["lossless"] is False
 
 
+def test_a_stopped_run_goes_on_from_its_journal(model, monkeypatch, tmp_path):
+    """A suite that stops part-way (here: its journal cut after the first run and a half-written
+    line) runs only what is missing when called again, and reports the same tokens; a journal
+    written with other settings is refused."""
+    real, calls = suite.Modes.run, []
+
+    def counted(self, mode, ids, max_new):
+        calls.append(mode)
+        return real(self, mode, ids, max_new)
+
+    monkeypatch.setattr(suite.Modes, "run", counted)
+    journal = tmp_path / "journal.jsonl"
+    args = (model, ["mtbench"], ["ar", "ngram"])
+    first = suite.bench(*args, limit=2, max_new_tokens=6, repeats=2, journal=journal, progress=False)
+    assert len(calls) == 8
+    lines = journal.read_text().splitlines()
+    assert len(lines) == 1 + 8
+    journal.write_text("\n".join(lines[:2]) + "\n" + lines[2][:20])  # a stop mid-write
+    calls.clear()
+    again = suite.bench(*args, limit=2, max_new_tokens=6, repeats=2, journal=journal, progress=False)
+    assert len(calls) == 7
+    assert [r["new_tokens"] for r in again["records"]] == [r["new_tokens"] for r in first["records"]]
+    assert again["headline"]["lossless"] and again["days"] == first["days"]
+    calls.clear()
+    suite.bench(*args, limit=2, max_new_tokens=6, repeats=2, journal=journal, progress=False)
+    assert calls == []  # everything was in the journal
+    with pytest.raises(ValueError, match="other settings"):
+        suite.bench(*args, limit=2, max_new_tokens=8, repeats=2, journal=journal, progress=False)
+
+
 def test_bad_input_fails_clearly(model):
     with pytest.raises(ValueError, match="unknown modes"):
         suite.bench(model, ["mtbench"], ["ar", "vllm"], limit=1)
