@@ -16,6 +16,7 @@ only). Every output is checked token for token against its own tool's plain deco
     python benchmarks/suite.py --quick    # 2 + 2 SmolLM2 prompts x 32 tokens, no Qwen (a few minutes)
     python benchmarks/suite.py --limit 0  # every prompt: 80 + 164 (about 4 hours for SmolLM2 here)
     python benchmarks/suite.py --limit 0 --resume   # the same across sessions: stop any time, rerun
+                                                    # (SmolLM2's profile is kept in <out> for one plan)
 
 Last line JSON: ``{"speedup_vs_hf_plain": {"smollm2_mtbench", "smollm2_humaneval", "qwen_humaneval"},
 "speedup_vs_hf_pld": {...}, "lossless"}`` (pyspec's ``plan`` mode; ``ngram`` for Qwen without a profile).
@@ -30,6 +31,7 @@ from pathlib import Path
 import _path  # noqa: F401  (first: keeps benchmarks/planner.py from shadowing the planner package)
 import torch
 
+from pyspec.api import load_model, profile_model
 from pyspec.bench import bench
 from pyspec.models.loading import ModelNotFoundError
 from pyspec.report import markdown, write_report
@@ -66,15 +68,25 @@ def main() -> None:
     out = args.out or ("results/quick" if args.quick else "results")
     readme = None if args.quick else "README.md"
 
+    smollm2, profile = load_model("smollm2-135m-instruct"), None
+    if args.resume:  # one plan for every sitting: the profile is kept with the journal
+        saved = Path(out) / "profile_smollm2.json"
+        if saved.exists():
+            profile = json.loads(saved.read_text())
+        else:
+            profile = profile_model(smollm2, ["ngram"])
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            saved.write_text(json.dumps(profile) + "\n")
     reports = [
         bench(
-            "smollm2-135m-instruct",
+            smollm2,
             ["mtbench", "humaneval"],
             ["ar", "ngram", "plan", "hf", "hf-pld", "hf-assisted"],
             limit,
             max_new,
             args.repeats,
             assistant=args.assistant,
+            profile=profile,
             journal=f"{out}/journal_smollm2.jsonl" if args.resume else None,
         )
     ]
