@@ -443,28 +443,20 @@ def bench(
         "repeats": repeats,
         "block": block,
         "assistant": assistant,
+        "heads_tree": list(heads_tree) if "hidden-transfer" in names else None,
         "plan": plan.for_batch(1).label if plan else None,
         "threads": torch.get_num_threads(),
     }
     book = Journal(journal, settings) if journal is not None else None
     records = run_suite(runner, names, items, max_new_tokens, repeats, progress, book)
     summary = summarize(records, names)
-    name = getattr(target, "name", str(model))
-    model_key = MODEL_KEYS.get(name, name.split("-")[0].lower())
+    model_key = MODEL_KEYS.get(settings["model"], settings["model"].split("-")[0].lower())
     report = {
-        "model": name,
+        **settings,
         "model_key": model_key,
         "machine": machine(),
         "date": date.today().isoformat(),
         "days": sorted({r.day for r in records}),
-        "datasets": list(datasets),
-        "modes": names,
-        "max_new_tokens": max_new_tokens,
-        "repeats": repeats,
-        "block": block,
-        "assistant": assistant,
-        "heads_tree": list(heads_tree) if "hidden-transfer" in names else None,
-        "plan": plan.for_batch(1).label if plan else None,
         "summary": summary,
         "headline": headline(summary, model_key, "plan" if "plan" in names else "ngram"),
         "records": [{k: v for k, v in asdict(r).items() if k != "tokens"} for r in records],
