@@ -306,29 +306,40 @@ def _rate(records: list[Record]) -> float:
     return sum(r.new_tokens for r in records) / max(sum(r.seconds for r in records), 1e-9)
 
 
+def _spread(ratios: list[float]) -> dict:
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    return {"median": statistics.median(ratios), "q1": q[0], "q3": q[-1]}
+
+
 def summarize(records: Sequence[Record], names: Sequence[str]) -> dict:
     """Per dataset and category (and ``"all"``), per mode: tokens/s (median over repeats, min, max),
-    speed-up over ``ar`` (median over repeats of the ratio of total times; per-prompt median and
-    quartiles), MAT, and whether every output was identical to its reference."""
+    speed-up over ``ar`` (median over repeats of the ratio of total times), per-prompt speed-up over
+    each baseline run (``ar``, ``hf``, ``hf-pld``: median and quartiles of the ratio of one prompt's
+    times), MAT, and whether every output was identical to its reference."""
     out: dict = {}
     groups = {(r.dataset, r.category) for r in records} | {(r.dataset, "all") for r in records}
     for dataset, category in sorted(groups):
         rows = [r for r in records if r.dataset == dataset and category in ("all", r.category)]
         repeats = sorted({r.repeat for r in rows})
+        times = {(r.mode, r.id, r.repeat): r.seconds for r in rows}
+        baselines = [b for b in ("ar", "hf", "hf-pld") if b in names]
         entry = {}
         for name in names:
             mine = [r for r in rows if r.mode == name]
             rates = [_rate([r for r in mine if r.repeat == k]) for k in repeats]
             ar_rates = [_rate([r for r in rows if r.mode == "ar" and r.repeat == k]) for k in repeats]
-            ar_time = {(r.id, r.repeat): r.seconds for r in rows if r.mode == "ar"}
-            per_prompt = [ar_time[r.id, r.repeat] / r.seconds for r in mine if (r.id, r.repeat) in ar_time]
+            per_prompt = {
+                base: [
+                    times[base, r.id, r.repeat] / r.seconds for r in mine if (base, r.id, r.repeat) in times
+                ]
+                for base in baselines
+            }
             mats = [r.mat for r in mine if r.mat is not None]
-            q = statistics.quantiles(per_prompt, n=4) if len(per_prompt) > 1 else per_prompt * 3
             entry[name] = {
                 "tokens_per_second": statistics.median(rates),
                 "tokens_per_second_range": [min(rates), max(rates)],
                 "speedup_vs_ar": statistics.median(a / b for a, b in zip(rates, ar_rates, strict=True)),
-                "per_prompt_speedup": {"median": statistics.median(per_prompt), "q1": q[0], "q3": q[-1]},
+                "per_prompt_speedup": {base: _spread(r) for base, r in per_prompt.items() if r},
                 "mat": statistics.fmean(mats) if mats else None,
                 "identical": all(r.identical for r in mine),
                 "prompts": len({r.id for r in mine}),

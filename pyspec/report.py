@@ -10,9 +10,14 @@ from pathlib import Path
 README_BEGIN, README_END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 
+def _spread(spread: dict | None) -> str:
+    return "" if spread is None else "{median:.2f}x ({q1:.2f}-{q3:.2f})".format(**spread)
+
+
 def markdown(report: dict) -> str:
     """The report as markdown: one table per dataset (categories x modes: tokens/s and speed-up over
-    pyspec's autoregressive decoding), MAT and identity."""
+    pyspec's autoregressive decoding), MAT, per-prompt speed-up over each baseline (median and
+    quartiles), and identity."""
     days = report.get("days") or [report["date"]]
     when = days[0] if len(days) == 1 else f"runs of {', '.join(days)} (resumed from a journal)"
     lines = [
@@ -41,15 +46,23 @@ def markdown(report: dict) -> str:
         lines.append(
             "| MAT | " + " | ".join(f"{alls[n]['mat']:.2f}" if alls[n]["mat"] else "" for n in names) + " |"
         )
-        lines.append(
-            "| tok/s range | "
-            + " | ".join("{:.1f}-{:.1f}".format(*alls[n]["tokens_per_second_range"]) for n in names)
-            + " |"
-        )
+        for base in alls[names[0]]["per_prompt_speedup"]:
+            cells = [_spread(alls[n]["per_prompt_speedup"].get(base)) if n != base else "" for n in names]
+            lines.append(f"| per prompt vs `{base}` | " + " | ".join(cells) + " |")
+        if report["repeats"] > 1:
+            lines.append(
+                "| tok/s range over repeats | "
+                + " | ".join("{:.1f}-{:.1f}".format(*alls[n]["tokens_per_second_range"]) for n in names)
+                + " |"
+            )
         lines.append(
             "| identical | " + " | ".join("yes" if alls[n]["identical"] else "**NO**" for n in names) + " |"
         )
         lines.append("")
+    lines.append(
+        'tokens/s is total new tokens over total time; "per prompt vs `b`": the median (quartiles) '
+        "over prompts of `b`'s time divided by the mode's time on the same prompt."
+    )
     if report.get("hf_agrees_with_ar") is not None:
         agree, total = report["hf_agrees_with_ar"]
         lines.append(

@@ -57,6 +57,9 @@ def test_every_mode_runs_on_every_prompt_and_matches_its_reference(report):
             assert m["identical"], name
             assert m["tokens_per_second"] > 0 and m["prompts"] == 1
         assert modes["ar"]["speedup_vs_ar"] == pytest.approx(1.0)
+        spread = modes["plan"]["per_prompt_speedup"]
+        assert set(spread) == {"ar", "hf", "hf-pld"} and spread["ar"]["q1"] <= spread["ar"]["q3"]
+        assert modes["hf"]["per_prompt_speedup"]["hf"]["median"] == pytest.approx(1.0)
         assert modes["ngram"]["mat"] >= 1.0 and modes["hf"]["mat"] is None
         assert modes["hidden-transfer"]["mat"] >= 1.0
     assert report["summary"]["mtbench"].keys() == {"all", "writing"}  # the first MT-bench question
@@ -80,6 +83,7 @@ def test_report_files_and_readme_section(report, tmp_path):
     assert json.loads((tmp_path / "results" / "bench_smollm2.json").read_text())["headline"]["lossless"]
     text = readme.read_text()
     assert "old" not in text and text.endswith("after\n") and "| **all** |" in text
+    assert "| per prompt vs `hf` |" in text and "over repeats" not in text  # 1 repeat: no range
     assert report["machine"] in text and report["date"] in text
     readme.write_text("no section")
     with pytest.raises(ValueError, match="bench:begin"):
