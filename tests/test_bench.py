@@ -8,6 +8,7 @@ import pytest
 import pyspec
 from pyspec import bench as suite
 from pyspec.cli import main
+from pyspec.estimate import estimate, estimate_markdown
 from pyspec.profile import hardware
 from pyspec.report import update_readme, write_report
 
@@ -162,11 +163,11 @@ def test_stored_shapes_are_the_checkpoints():
 def test_random_weight_estimate_is_labelled_and_uses_the_given_acceptance(profile, tmp_path, capsys):
     """Latency from the real shapes with random weights (here on the CPU), acceptance from the
     profile: the plan speculates, and the report says these are estimates."""
-    est = suite.estimate(profile, "cpu", [1], block=4, sizes=(1, 2, 4), contexts=(32,), repeats=1)
+    est = estimate(profile, "cpu", [1], block=4, sizes=(1, 2, 4), contexts=(32,), repeats=1)
     assert est["estimated"] and "random weights" in est["latency_source"]
     modes = {r["mode"]: r for r in est["rows"]}
     assert set(modes) == {"ar", "ngram:4", next(m for m in modes if m.startswith("plan"))}
     assert modes["ar"]["speedup_vs_ar"] == pytest.approx(1.0)
-    assert "ESTIMATED" in suite.estimate_markdown(est)
+    assert "ESTIMATED" in estimate_markdown(est)
     assert main(["bench", "--random-weights", "--out", str(tmp_path)]) == 2  # no acceptance given
     assert "--profile" in capsys.readouterr().err
