@@ -319,11 +319,11 @@ def summarize(records: Sequence[Record], names: Sequence[str]) -> dict:
     times), MAT, and whether every output was identical to its reference."""
     out: dict = {}
     groups = {(r.dataset, r.category) for r in records} | {(r.dataset, "all") for r in records}
+    baselines = [b for b in ("ar", "hf", "hf-pld") if b in names]
     for dataset, category in sorted(groups):
         rows = [r for r in records if r.dataset == dataset and category in ("all", r.category)]
         repeats = sorted({r.repeat for r in rows})
         times = {(r.mode, r.id, r.repeat): r.seconds for r in rows}
-        baselines = [b for b in ("ar", "hf", "hf-pld") if b in names]
         entry = {}
         for name in names:
             mine = [r for r in rows if r.mode == name]
