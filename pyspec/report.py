@@ -10,7 +10,7 @@ from pathlib import Path
 README_BEGIN, README_END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 
-def _spread(spread: dict | None) -> str:
+def _spread_cell(spread: dict | None) -> str:
     return "" if spread is None else "{median:.2f}x ({q1:.2f}-{q3:.2f})".format(**spread)
 
 
@@ -47,7 +47,7 @@ def markdown(report: dict) -> str:
             "| MAT | " + " | ".join(f"{alls[n]['mat']:.2f}" if alls[n]["mat"] else "" for n in names) + " |"
         )
         for base in alls[names[0]]["per_prompt_speedup"]:
-            cells = [_spread(alls[n]["per_prompt_speedup"].get(base)) if n != base else "" for n in names]
+            cells = [_spread_cell(alls[n]["per_prompt_speedup"].get(base)) if n != base else "" for n in names]
             lines.append(f"| per prompt vs `{base}` | " + " | ".join(cells) + " |")
         if report["repeats"] > 1:
             lines.append(
