@@ -47,7 +47,9 @@ def markdown(report: dict) -> str:
             "| MAT | " + " | ".join(f"{alls[n]['mat']:.2f}" if alls[n]["mat"] else "" for n in names) + " |"
         )
         for base in alls[names[0]]["per_prompt_speedup"]:
-            cells = [_spread_cell(alls[n]["per_prompt_speedup"].get(base)) if n != base else "" for n in names]
+            cells = [
+                _spread_cell(alls[n]["per_prompt_speedup"].get(base)) if n != base else "" for n in names
+            ]
             lines.append(f"| per prompt vs `{base}` | " + " | ".join(cells) + " |")
         if report["repeats"] > 1:
             lines.append(
