@@ -17,6 +17,7 @@ from pyspec.drafters.base import Drafter
 from pyspec.drafters.model import TreeShape
 from pyspec.models.llama import LlamaModel
 from pyspec.models.loading import load_config, load_tokenizer, load_weights, resolve
+from pyspec.prompts import check_text, encode_prompts
 from pyspec.sampling import SamplingParams
 
 
@@ -45,23 +46,6 @@ def load_model(
     model.name = str(name_or_path)
     model.folder = folder
     return model.eval()
-
-
-def encode_prompts(model: LlamaModel, prompts: str | Sequence[str], chat: bool = True) -> list[list[int]]:
-    """Token ids of each prompt; with ``chat``, wrapped in the model's chat template as a user turn."""
-    texts = [prompts] if isinstance(prompts, str) else list(prompts)
-    ids = []
-    for i, text in enumerate(texts):
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"prompt {i} is empty")
-        if chat and getattr(model.tokenizer, "chat_template", None):
-            text = model.tokenizer.apply_chat_template(
-                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-            )
-            ids.append(model.tokenizer(text, add_special_tokens=False).input_ids)
-        else:
-            ids.append(model.tokenizer(text).input_ids)
-    return ids
 
 
 def generate(
@@ -105,6 +89,8 @@ def generate(
         >>> generate(model, "Write a haiku about tea.", drafts=["ngram"])[0].stats["mat"]  # doctest: +SKIP
     """
     ids = encode_prompts(model, prompts, chat)
+    for j, s in enumerate(stop):
+        check_text(s, f"stop string {j}")
     params = [
         SamplingParams(temperature, top_k, top_p, None if seed is None else seed + i) for i in range(len(ids))
     ]
@@ -170,13 +156,16 @@ def profile_model(
         >>> prof = pyspec.profile_model(model, ["ngram", "early:20"])  # doctest: +SKIP
         >>> json.dump(prof, open("profile.json", "w"))  # doctest: +SKIP
     """
-    from pyspec.data import calibration, humaneval, mtbench
+    from pyspec.data import HELD_OUT_EVERY, calibration, humaneval, mtbench
     from pyspec.profile import profile
 
     if prompts is None:
         n = calibration_prompts
-        ids = encode_prompts(model, [p.text for p in calibration(mtbench(), 4)[:n]])
-        ids += [model.tokenizer(p.text).input_ids for p in calibration(humaneval(), 8)[:n]]
+        ids = encode_prompts(model, [p.text for p in calibration(mtbench(), HELD_OUT_EVERY["mtbench"])[:n]])
+        ids += [
+            model.tokenizer(p.text).input_ids
+            for p in calibration(humaneval(), HELD_OUT_EVERY["humaneval"])[:n]
+        ]
     else:
         ids = encode_prompts(model, prompts)
     return profile(model, list(drafts), ids, batch_sizes, params=SamplingParams(temperature))

@@ -11,19 +11,10 @@ import torch
 
 
 def _drafts(args: argparse.Namespace, target) -> list | None:
-    """The ``--draft`` stack, bottom to top: 'ngram', 'early:N' (the target's first N layers), a trained
-    draft ('draft-lm-1l', or 'medusa' / 'hidden-transfer' alone) or a model."""
-    from pyspec.api import load_model
+    """The ``--draft`` stack, bottom to top, by name (:mod:`pyspec.drafters.names`)."""
+    from pyspec.drafters.names import resolve_draft
 
-    drafts = []
-    for spec in args.draft:
-        if spec == "ngram" or spec in ("medusa", "hidden-transfer") or spec.startswith("draft-lm-"):
-            drafts.append(spec)
-        elif spec.startswith("early:"):
-            drafts.append(target.first_layers(int(spec.split(":", 1)[1])))
-        else:
-            drafts.append(load_model(spec))
-    return drafts or None
+    return [resolve_draft(target, spec) for spec in args.draft] or None
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -189,8 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="speculative decoding: a draft level, bottom to top (repeatable): 'ngram', 'early:N' "
-        "(the target's first N layers), a trained 'draft-lm-1l' / 'draft-lm-3l', or a model (another "
-        "tokenizer's drafts are re-tokenized); or 'medusa' / 'hidden-transfer' alone (--tree: widths)",
+        "(the target's first N layers), a trained 'draft-lm-1l' / 'draft-lm-3l', or a model (name, "
+        ".gguf or folder, '@bf16' for bfloat16; another tokenizer's drafts are re-tokenized); or "
+        "'medusa' / 'hidden-transfer' alone (--tree: widths)",
     )
     gen.add_argument("--block-size", type=int, action="append", default=[], help="tokens per draft level")
     gen.add_argument(
@@ -259,8 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--block", type=int, default=5, help="n-gram block size of mode 'ngram'")
     be.add_argument(
         "--assistant",
-        default="early:20",
-        help="hf-assisted's assistant: 'early:N' (the target's first N layers) or another model",
+        default=None,
+        help="hf-assisted's assistant, a draft name: 'draft-lm-1l' (default when the target has it), "
+        "'early:N' (the target's first N layers) or another model",
     )
     be.add_argument(
         "--heads-tree",

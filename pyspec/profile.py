@@ -26,6 +26,7 @@ from pyspec.batch import StepBatch
 from pyspec.decoding.autoregressive import GREEDY, generate_autoregressive
 from pyspec.decoding.engine import BatchEngine
 from pyspec.drafters.base import Draft, Drafter
+from pyspec.drafters.names import resolve_draft
 from pyspec.drafters.ngram import lookup
 from pyspec.models.llama import LlamaModel
 from pyspec.sampling import SamplingParams, probabilities
@@ -57,45 +58,25 @@ def hardware() -> dict:
 
 
 def resolve_candidate(target: LlamaModel, name: str) -> LlamaModel | str:
-    """A candidate draft by name: ``"ngram"``, ``"early:N"`` (the target's first N layers), a trained
-    draft LM (``"draft-lm-1l"``, :mod:`pyspec.drafters.trained`) or a
-    registry model (``"smollm2-135m-instruct"``; loaded once), whose drafts are re-tokenized when its
-    tokenizer differs from the target's. A registry name with ``@bf16`` loads that model in bfloat16:
-    a draft's precision changes how often it is right, never the output (the target verifies in its
-    own dtype), and on a CPU bfloat16 weights halve the bytes a drafting pass streams.
+    """A candidate draft by name (:func:`pyspec.drafters.names.resolve_draft`: ``"ngram"``,
+    ``"early:N"``, a trained draft LM, another model, ``@bf16``); another model is loaded once per
+    process. Medusa heads and hidden transfer draft from the target's own pass: not candidates.
 
     Example:
         >>> resolve_candidate(target, "smollm2-135m-instruct@bf16").embed_tokens.dtype  # doctest: +SKIP
         torch.bfloat16
     """
-    if name == "ngram":
-        return name
-    if name.startswith("early:"):
-        return target.first_layers(int(name.split(":", 1)[1]))
-    if name.startswith("draft-lm-"):
-        from pyspec.drafters.trained import load_draft_model
-
-        return load_draft_model(target, name)
-    from pyspec.models.loading import REGISTRY
-
-    base, _, precision = name.partition("@")
-    if base in REGISTRY and precision in ("", "bf16"):
-        return _registry_model(base, precision)
-    raise ValueError(
-        f"unknown candidate draft {name!r}: use 'ngram', 'early:N', 'draft-lm-1l', 'draft-lm-3l' or one "
-        f"of {sorted(REGISTRY)} (with '@bf16' for bfloat16 weights)"
-    )
+    draft = resolve_draft(target, name, load=_loaded_once)
+    if isinstance(draft, str) and draft != "ngram":
+        raise ValueError(f"{name!r} drafts from the target's own pass: it is not a planner candidate")
+    return draft
 
 
 @functools.cache
-def _registry_model(name: str, precision: str = "") -> LlamaModel:
+def _loaded_once(name_or_path: str, dtype: torch.dtype) -> LlamaModel:
     from pyspec.api import load_model
 
-    if not precision:
-        return load_model(name, progress=False)
-    model = load_model(name, dtype=torch.bfloat16, progress=False)
-    model.name = f"{name}@{precision}"
-    return model
+    return load_model(name_or_path, dtype=dtype, progress=False)
 
 
 def forward_seconds(

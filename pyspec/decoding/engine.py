@@ -1,4 +1,4 @@
-"""A continuous-batching engine for speculative decoding without padding (EMS-SD, papers.md §4).
+"""A continuous-batching engine for speculative decoding without padding (EMS-SD, docs/papers.md §4).
 
 Requests join and leave between steps. Each step, every running sequence drafts (n-gram, draft
 models, a hierarchy, or nothing: plain decoding), the target verifies all drafts in one pass over
@@ -39,6 +39,7 @@ from pyspec.decoding.verifier import Verifier
 from pyspec.drafters.base import Draft, Drafter
 from pyspec.model_runner import pages_needed
 from pyspec.models.llama import LlamaModel
+from pyspec.prompts import check_text, encode_prompts
 from pyspec.sampling import SamplingParams
 
 PADDING = ("none", "inputs", "kv", "both")
@@ -120,12 +121,25 @@ class BatchEngine:
 
     def submit(
         self,
-        prompt: Sequence[int],
+        prompt: Sequence[int] | str,
         sampling: SamplingParams = GREEDY,
         max_new_tokens: int = 128,
         stop: Sequence[str] = (),
     ) -> int:
-        """Queues a request (prompt token ids); returns its id. It joins the batch at a later step."""
+        """Queues a request and returns its id; it joins the batch at a later step. ``prompt``: token
+        ids, or a text (a user turn in the chat template, as :func:`pyspec.generate` encodes it).
+        Bad input (an empty prompt, invalid Unicode, ids outside the vocabulary, no room in the
+        context or the KV pool) raises ValueError and queues nothing.
+
+        Example:
+            >>> engine = BatchEngine(model, drafter=None)  # doctest: +SKIP
+            >>> rid = engine.submit("Name three rivers.", max_new_tokens=32)  # doctest: +SKIP
+            >>> engine.run()[rid].text  # doctest: +SKIP
+        """
+        if isinstance(prompt, str):
+            prompt = encode_prompts(self.target, prompt)[0]
+        for j, s in enumerate(stop):
+            check_text(s, f"stop string {j}")
         check_prompts(self.target, [prompt], max_new_tokens)
         if len(prompt) + 1 > self.max_length:
             raise ValueError(f"the prompt has {len(prompt)} tokens but max_length is {self.max_length}")

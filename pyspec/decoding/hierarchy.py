@@ -1,4 +1,4 @@
-"""Hierarchical speculative decoding (papers.md §2): a stack of drafts of rising size.
+"""Hierarchical speculative decoding (docs/papers.md §2): a stack of drafts of rising size.
 
 Level 0 drafts on its own (the n-gram drafter or a model drafting autoregressively). A level
 0 < i < K is a :class:`HierarchyLevel`: it asks the level below for a block, verifies it with one
@@ -22,8 +22,9 @@ from pyspec.drafters.base import Draft, Drafter
 from pyspec.drafters.cross import CrossTokenizerDrafter
 from pyspec.drafters.hidden_transfer import HeadsDrafter
 from pyspec.drafters.model import ModelDrafter, TreeShape
+from pyspec.drafters.names import resolve_draft
 from pyspec.drafters.ngram import NgramDrafter
-from pyspec.drafters.trained import HEADS, load_draft_model, load_heads
+from pyspec.drafters.trained import HEADS, load_heads
 from pyspec.models.llama import LlamaModel
 from pyspec.sampling import SamplingParams
 from pyspec.stats import LevelStats
@@ -163,9 +164,10 @@ def build_stack(
     tree: TreeShape | Sequence[int] | None = None,
     tree_sampling: str = "topk",
 ) -> Drafter:
-    """The drafter feeding ``target``: ``drafts`` bottom to top, ``"ngram"`` only at the bottom; trained
-    draft LMs by name (``"draft-lm-1l"``); or ``["medusa"]`` / ``["hidden-transfer"]`` alone, the
-    target's trained heads (:class:`HeadsDrafter`, ``tree``: per-depth widths, default a chain).
+    """The drafter feeding ``target``: ``drafts`` bottom to top, models or names
+    (:mod:`pyspec.drafters.names`: ``"ngram"`` only at the bottom, ``"early:N"``, ``"draft-lm-1l"``,
+    registry models); or ``["medusa"]`` / ``["hidden-transfer"]`` alone, the target's trained heads
+    (:class:`HeadsDrafter`, ``tree``: per-depth widths, default a chain).
 
     ``block_sizes[i]``: tokens level i proposes per request (default 4 each). ``tree``: the top draft
     proposes a tree instead of a chain. A single draft model expands any :class:`TreeShape` (per-depth
@@ -189,9 +191,7 @@ def build_stack(
             raise ValueError("heads take a tree as per-depth widths, e.g. [3, 2, 1]")
         heads = load_heads(target, drafts[0])
         return HeadsDrafter(heads, [1] * heads.num_future if tree is None else list(tree))
-    drafts = [  # trained draft LMs by name ("draft-lm-1l")
-        load_draft_model(target, d) if isinstance(d, str) and d.startswith("draft-lm-") else d for d in drafts
-    ]
+    drafts = [resolve_draft(target, d) for d in drafts]  # names -> models (but "ngram")
     block_sizes = list(block_sizes) if block_sizes is not None else [4] * len(drafts)
     if len(block_sizes) != len(drafts):
         raise ValueError(f"{len(block_sizes)} block sizes for {len(drafts)} drafts")
@@ -204,20 +204,13 @@ def build_stack(
     stack: Drafter | None = None
     below: LlamaModel | None = None  # the model whose ids the stack proposes in (None: n-gram only)
     for level, (draft, block) in enumerate(zip(drafts, block_sizes, strict=True)):
-        if isinstance(draft, str):
-            if draft != "ngram":
-                raise ValueError(
-                    f"unknown draft {draft!r}: use 'ngram', {', '.join(HEADS)}, a trained "
-                    "'draft-lm-N' or a model"
-                )
+        if isinstance(draft, str):  # "ngram": resolve_draft turned every other name into a model
             if level:
                 raise ValueError(
                     "the n-gram drafter has no distributions to verify with: it must be the bottom level"
                 )
             stack = NgramDrafter(block)
             continue
-        if not isinstance(draft, LlamaModel):
-            raise TypeError(f"a draft is 'ngram' or a model, got {type(draft).__name__}")
         check_vocabulary(draft, target)
         top = level == len(drafts) - 1
         if stack is None:
