@@ -225,15 +225,18 @@ def test_speculative_apar_is_token_identical_and_streams_in_reading_order(model,
 
 
 def test_sampling_is_seeded_and_never_samples_child(model):
+    """A seed reproduces a sampled APAR answer, plain and speculative alike (the speculative one's
+    law is checked against the exact one in test_sampled_apar_follows_the_models_distribution)."""
     ids = encode_prompts(model, STRUCTURED[:1])
     params = SamplingParams(temperature=0.8, seed=3)
-    a = generate_apar(model, ids, max_new_tokens=24, sampling=params)[0]
-    b = generate_apar(
-        model, ids, max_new_tokens=24, sampling=params, drafter=build_stack(model, ["ngram"], [3])
-    )
-    c = generate_apar(model, ids, max_new_tokens=24, sampling=params)[0]
-    assert a.text == c.text
-    assert all(model.control_tokens[1] not in s["tokens"] for s in a.streams + b[0].streams)
+
+    def sample(draft: bool):
+        drafter = build_stack(model, ["ngram"], [3]) if draft else None
+        return generate_apar(model, ids, max_new_tokens=24, sampling=params, drafter=drafter)[0]
+
+    a, b = sample(False), sample(True)
+    assert a.streams == sample(False).streams and b.streams == sample(True).streams
+    assert all(model.control_tokens[1] not in s["tokens"] for s in a.streams + b.streams)
 
 
 # Sampling ---------------------------------------------------------------------------------------------
@@ -291,6 +294,7 @@ class _ForkFirst(Drafter):
 SAMPLED_DRAFTERS = {
     "plain": lambda m: None,
     "draft-model": lambda m: build_stack(m, [m.first_layers(8)], [2]),  # samples, never proposes [Fork]
+    "ngram": lambda m: build_stack(m, ["ngram"], [2]),  # deterministic candidates from the context
     "fork-first": lambda m: _ForkFirst(m.control_tokens[0], m.tokenizer("\n").input_ids[0]),
 }
 

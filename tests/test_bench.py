@@ -4,6 +4,8 @@ checked, the report (JSON, markdown, plots, README section) is written, and bad 
 import json
 
 import pytest
+import torch
+from conftest import assert_same_greedy_choice
 
 import pyspec
 from pyspec import bench as suite
@@ -43,24 +45,29 @@ def report(model, profile):
         MODES,
         limit=1,
         max_new_tokens=12,
-        assistant="early:6",
         profile=profile,
         heads_tree=[2, 1],
+        tune_prompts=1,
     )
 
 
 def test_every_mode_runs_on_every_prompt_and_matches_its_reference(report):
     assert report["plan"].startswith("ngram")
+    records = {(r["mode"], r["dataset"]): r for r in report["records"]}
     for dataset in ("mtbench", "humaneval"):
         modes = report["summary"][dataset]["all"]
         assert list(modes) == MODES
-        for name, m in modes.items():
-            assert m["identical"], name
-            assert m["tokens_per_second"] > 0 and m["prompts"] == 1
-        assert modes["ar"]["speedup_vs_ar"] == pytest.approx(1.0)
+        ar, hf = records["ar", dataset], records["hf", dataset]
+        for name, m in modes.items():  # identical to its tool's plain decoding (ar, hf: themselves)
+            mine = records[name, dataset]
+            assert m["identical"] and mine["new_tokens"] == ar["new_tokens"], name
+            assert m["tokens_per_second"] == pytest.approx(mine["new_tokens"] / mine["seconds"])
+            assert m["speedup_vs_ar"] == pytest.approx(ar["seconds"] / mine["seconds"])  # same tokens
+            assert m["prompts"] == 1
         spread = modes["plan"]["per_prompt_speedup"]
         assert set(spread) == {"ar", "hf", "hf-pld"} and spread["ar"]["q1"] <= spread["ar"]["q3"]
-        assert modes["hf"]["per_prompt_speedup"]["hf"]["median"] == pytest.approx(1.0)
+        plan = records["plan", dataset]
+        assert spread["hf"]["median"] == pytest.approx(hf["seconds"] / plan["seconds"])
         assert modes["ngram"]["mat"] >= 1.0 and modes["hf"]["mat"] is None
         assert modes["hidden-transfer"]["mat"] >= 1.0
     assert report["summary"]["mtbench"].keys() == {"all", "writing"}  # the first MT-bench question
@@ -68,9 +75,45 @@ def test_every_mode_runs_on_every_prompt_and_matches_its_reference(report):
     head = report["headline"]
     assert head["lossless"] is True
     assert set(head["speedup_vs_hf_plain"]) == {"smollm2_mtbench", "smollm2_humaneval"}
-    assert report["hf_agrees_with_ar"][1] == 2
+    assert report["hf_agrees_with_ar"] == [2, 2]  # the references agree: each identity is to both tools
     assert {p["mode"] for p in report["predictions"]} == {"ar", "ngram", "plan"}
     assert report["heads_tree"] == [2, 1]
+    assert report["assistant"] == "draft-lm-1l"  # the trained draft pyspec uses, not an early exit
+    for mode, choices in (("hf-pld", suite.PLD_CHOICES), ("hf-assisted", suite.ASSISTANT_CHOICES)):
+        tuned = report["hf_tuning"][mode]
+        assert list(tuned["seconds"]) == [str(c) for c in choices]  # every setting ran
+        assert tuned["seconds"][str(tuned["chosen"])] == min(tuned["seconds"].values())
+
+
+def test_prompts_are_held_out_of_calibration(model):
+    """The suite never times a prompt that plans or HF settings were chosen on."""
+    from pyspec.data import HELD_OUT_EVERY, calibration, humaneval, mtbench
+
+    held = {(i.dataset, i.id) for i in suite.select_prompts(model, ["mtbench", "humaneval"])}
+    assert len(held) == 20 + 21
+    for name, load in (("mtbench", mtbench), ("humaneval", humaneval)):
+        assert not held & {(name, p.id) for p in calibration(load(), HELD_OUT_EVERY[name])}
+
+
+def test_drafts_exported_to_transformers_give_pyspecs_logits(model):
+    """hf-assisted's assistant is pyspec's draft itself: the trained draft LM (shortlisted head) and an
+    early exit, as transformers models, score like pyspec's runtime."""
+    from pyspec.batch import StepBatch
+    from pyspec.drafters.names import resolve_draft
+    from pyspec.models.export import to_transformers
+
+    ids = model.tokenizer("def add(a, b):\n    return").input_ids
+    for name in ("draft-lm-1l", "early:6"):
+        draft = resolve_draft(model, name)
+        cache = draft.new_cache(num_pages=4)
+        with torch.inference_mode():
+            ours = draft(StepBatch.build(cache, [cache.add_sequence()], [ids]), cache, torch.arange(len(ids)))
+            theirs = to_transformers(draft, model.folder)(torch.tensor([ids])).logits[0]
+        finite = torch.isfinite(ours.logits)
+        assert torch.equal(finite, torch.isfinite(theirs))  # the same shortlist (all, for early:6)
+        assert finite.all() == (name == "early:6")
+        assert (ours.logits[finite] - theirs[finite]).abs().max() < 1e-3, name
+        assert_same_greedy_choice(theirs, ours.logits, 1e-3)
 
 
 def test_report_files_and_readme_section(report, tmp_path):

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import assert_same_greedy_choice
 
 import pyspec
 from pyspec.api import encode_prompts
@@ -29,15 +30,37 @@ def hf_model(model):
     return transformers.AutoModelForCausalLM.from_pretrained(str(model.folder), dtype=torch.float32).eval()
 
 
-def test_logits_match_transformers(model, hf_model):
+@pytest.fixture(scope="module")
+def hf64(model):
+    """transformers evaluating the same weights in float64: the exact logits, to float32's eye."""
+    return transformers.AutoModelForCausalLM.from_pretrained(str(model.folder), dtype=torch.float64).eval()
+
+
+U32 = 2.0**-24  # float32's unit roundoff
+
+
+def fp32_bound(config, exact: torch.Tensor) -> float:
+    """How far any correct float32 evaluation of the model may be from the exact logits, whatever the
+    CPU, its vector width and its BLAS: the rounding errors of a float32 dot product of length K add
+    up like a random walk, to about sqrt(K) u of its magnitude; K is the model's longest dot product
+    (the MLP's down projection). For SmolLM2 (K = 1536, max|logit| ~38: sqrt(K) u max|logit| ~ 8.9e-5)
+    pyspec's error is 0.75 of that on Zen 1 (AVX2) and on a Xeon (AVX-512), transformers' 1.05 and
+    0.69; the bound allows 4.
+    """
+    longest = max(config.hidden_size, config.intermediate_size)
+    return 4 * longest**0.5 * U32 * exact.abs().max().item()
+
+
+def test_logits_match_transformers(model, hf_model, hf64):
     """Every position's logits of five real prompts, decoded together in one ragged batch, against
     transformers evaluating the same weights in float64 (the exact answer) and in float32.
 
-    Two fp32 implementations that sum in different orders differ by their two rounding errors: here
-    ours is 6.7e-5 from the float64 logits and transformers' own fp32 is 9.3e-5 from them, so the two
-    agree to ~1.1e-4. The contract: within 1e-4 of the exact logits and no worse than transformers' fp32.
+    The contract holds on any CPU: pyspec's logits are within :func:`fp32_bound` of the exact ones
+    and make the same greedy choice wherever float32 can tell the top two tokens apart. (Comparing
+    with transformers' own fp32 error would test the machine's BLAS: on a Xeon with AVX-512 its error
+    was 6.0e-5 against pyspec's 6.7e-5, on Zen 1 9.3e-5 against 6.7e-5.) transformers' fp32 logits,
+    also a correct float32 evaluation, are within 2 x the bound of ours.
     """
-    hf64 = transformers.AutoModelForCausalLM.from_pretrained(str(model.folder), dtype=torch.float64).eval()
     ids = encode_prompts(model, FIVE_PROMPTS)
     cache = model.new_cache(num_pages=64)
     seqs = [cache.add_sequence() for _ in ids]
@@ -48,9 +71,10 @@ def test_logits_match_transformers(model, hf_model):
             exact = hf64(torch.tensor([p])).logits[0]
             theirs = hf_model(torch.tensor([p])).logits[0].double()
             rows = ours[int(batch.qo_indptr[b]) : int(batch.qo_indptr[b + 1])]
-            our_err, their_err = (rows - exact).abs().max().item(), (theirs - exact).abs().max().item()
-            assert our_err < 1e-4 and our_err <= their_err
-            assert (rows - theirs).abs().max().item() < 2e-4
+            bound = fp32_bound(model.config, exact)
+            assert (rows - exact).abs().max().item() <= bound
+            assert (rows - theirs).abs().max().item() <= 2 * bound
+            assert_same_greedy_choice(rows, exact, bound)
 
 
 def test_incremental_decoding_matches_one_shot(model):
@@ -69,15 +93,27 @@ def test_incremental_decoding_matches_one_shot(model):
     assert torch.equal(whole, last)  # bitwise: no kernel's per-row result depends on the block size
 
 
-def test_greedy_identical_to_transformers_generate(model, hf_model):
-    """20 MT-bench prompts x 64 new tokens, decoded together without padding, token for token."""
+def test_greedy_identical_to_transformers_generate(model, hf_model, hf64):
+    """20 MT-bench prompts x 64 new tokens, decoded together without padding, token for token against
+    transformers ``generate()``. Two correct float32 evaluations may only part at an exact near-tie:
+    where they differ, the float64 logits there must rank the two tokens within float32's blur, and
+    that may happen to few prompts (none has, on the CPUs this ran on)."""
     prompts = [p.text for p in mtbench()[:20]]
     outputs = pyspec.generate(model, prompts, max_new_tokens=64)
+    ties = 0
     for ids, out in zip(encode_prompts(model, prompts), outputs, strict=True):
         with torch.inference_mode():
             ref = hf_model.generate(torch.tensor([ids]), max_new_tokens=64, do_sample=False)[0, len(ids) :]
-        assert out.tokens == ref.tolist()[: len(out.tokens)]
+        ref = ref.tolist()[: len(out.tokens)]
         assert out.finish_reason == "eos" or len(out.tokens) == 64
+        if out.tokens != ref:
+            i = next(i for i, (a, b) in enumerate(zip(out.tokens, ref, strict=True)) if a != b)
+            with torch.inference_mode():
+                exact = hf64(torch.tensor([ids + ref[:i]])).logits[0, -1]
+            gap = (exact[ref[i]] - exact[out.tokens[i]]).abs().item()
+            assert gap <= 2 * fp32_bound(model.config, exact), (i, gap)
+            ties += 1
+    assert ties <= 2
 
 
 def test_hidden_states_and_rows(model):

@@ -59,8 +59,9 @@ def test_profile_measures_every_model_and_pair(measured):
     alpha = measured["alpha"]
     assert len(alpha) == 3 and all(alpha[k][k] == 1.0 for k in range(3))
     assert 0.0 < alpha[0][2] < 1.0  # prompt lookup on code is right sometimes, not always
-    t = measured["latency"]["1"]["smollm2-135m-instruct"]["seconds"]
-    assert t[0] < measured["latency"]["4"]["smollm2-135m-instruct"]["seconds"][0] * 2  # batching is cheaper
+    for curves in measured["latency"].values():  # timings: positive, one per size (never compared:
+        target = curves["smollm2-135m-instruct"]  # their ratios are this machine's, and noisy)
+        assert len(target["seconds"]) == len(target["sizes"]) and min(target["seconds"]) > 0
     assert measured["hardware"] == hardware()
     assert set(measured["latency_by_context"]) == {"128", "512"} and measured["context"] == 128
     assert measured["latency_by_context"]["128"] == measured["latency"]
@@ -87,15 +88,21 @@ def test_a_plan_from_other_hardware_warns_and_a_wrong_target_fails(model, measur
         pyspec.generate(model, "Hi", max_new_tokens=4, plan=wrong)
 
 
-def test_cli_generates_with_a_plan_file(measured, tmp_path, capsys):
+def test_cli_generates_with_a_plan_file(model, measured, tmp_path, capsys):
+    """Whatever the plan chose here, the CLI prints plain decoding's text; when it speculates, the
+    CLI's own comparison ran and found the outputs identical."""
     from pyspec.cli import main
 
+    plan = make_plan(measured, max_block=8)
     path = tmp_path / "plan.json"
-    path.write_text(make_plan(measured, max_block=8).to_json())
+    path.write_text(plan.to_json())
     args = ["generate", "--plan", str(path), "--compare", "--max-new-tokens", "16", "--prompt", "Say hello."]
     assert main(args) == 0
-    err = capsys.readouterr().err
-    assert "outputs identical" in err or "[autoregressive:" in err
+    out = capsys.readouterr()
+    assert out.out.startswith(pyspec.generate(model, "Say hello.", max_new_tokens=16)[0].text)
+    speculates = bool(plan.for_batch(1).levels)
+    assert ("outputs identical" in out.err) == speculates
+    assert ("[autoregressive:" in out.err) == (not speculates)
 
 
 def test_replay_counts_blocks_where_they_start():

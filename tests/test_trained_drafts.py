@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import null_total_variations, total_variation
+from conftest import assert_same_greedy_choice, null_total_variations, total_variation
 
 import pyspec
 from pyspec.api import encode_prompts
@@ -65,8 +65,8 @@ def test_functional_forward_matches_the_runtime(model):
         from pyspec.models.llama import rms_norm
 
         ours = rms_norm(x[0], model.norm, model.config.rms_norm_eps) @ model.head_weight.T
-    assert torch.equal(runtime.argmax(-1), ours.argmax(-1))
     assert torch.allclose(runtime, ours, atol=2e-3, rtol=1e-4)
+    assert_same_greedy_choice(ours, runtime, 2e-3)  # near-ties may go either way on another CPU
 
 
 def test_teacher_data_is_the_targets_distribution(model, teacher):
