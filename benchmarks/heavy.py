@@ -114,6 +114,7 @@ def main() -> None:
         assistant=ASSISTANT,
         profile=profile,
         heads_tree=args.heads_tree,
+        tune_prompts=1,  # HF settings on 1 + 1 calibration prompts: Qwen's HF runs are slow
     )
     report["headline"] = heavy_headline(report)
     write_report(report, out, None)

@@ -1,8 +1,10 @@
 """The benchmark suite (``pyspec bench``) on both targets: pyspec against transformers ``generate()``.
 
-1. SmolLM2-135M-Instruct on MT-bench and HumanEval: pyspec ``ar``, ``ngram``, ``plan`` (profiled
-   here first) against HF plain, prompt lookup and assisted generation (pyspec's early-exit draft
-   exported as a transformers model; trained drafts replace it when they exist).
+1. SmolLM2-135M-Instruct on the held-out MT-bench and HumanEval prompts: pyspec ``ar``, ``ngram``,
+   ``plan`` (profiled here first, on the calibration prompts) against HF plain, prompt lookup and
+   assisted generation (the trained ``draft-lm-1l`` pyspec drafts with, exported as a transformers
+   model); HF's ``prompt_lookup_num_tokens`` and ``num_assistant_tokens`` are each the fastest of a
+   small set on the calibration prompts, and the report says which ran.
 2. Qwen2.5-Coder-1.5B-Instruct on HumanEval (when installed: ``make qwen``): pyspec ``ar``,
    ``ngram`` and ``plan`` against HF plain and prompt lookup. The plan comes from the profile that
    ``benchmarks/heavy.py`` saved (``--qwen-profile``, default ``results/heavy/profile_qwen.json``:
@@ -14,7 +16,7 @@ only). Every output is checked token for token against its own tool's plain deco
 
     python benchmarks/suite.py            # 12 + 12 SmolLM2 prompts, 5 Qwen prompts, 128 new tokens (~1 h)
     python benchmarks/suite.py --quick    # 2 + 2 SmolLM2 prompts x 32 tokens, no Qwen (a few minutes)
-    python benchmarks/suite.py --limit 0  # every prompt: 80 + 164 (about 4 hours for SmolLM2 here)
+    python benchmarks/suite.py --limit 0  # every held-out prompt: 20 + 21 (about 40 min for SmolLM2 here)
     python benchmarks/suite.py --limit 0 --resume   # the same across sessions: stop any time, rerun
                                                     # (SmolLM2's profile is kept in <out> for one plan)
 
@@ -52,7 +54,9 @@ def main() -> None:
         help="Qwen's profile for mode plan (written by benchmarks/heavy.py)",
     )
     parser.add_argument(
-        "--assistant", default="early:6", help="HF assisted generation's draft (default early:6)"
+        "--assistant",
+        default=None,
+        help="HF assisted generation's draft, a draft name (default: the trained draft-lm-1l pyspec uses)",
     )
     parser.add_argument("--skip-qwen", action="store_true")
     parser.add_argument("--out", default=None, help="default results/ (--quick: results/quick/)")

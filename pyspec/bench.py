@@ -13,10 +13,17 @@ Modes (greedy, batch 1, each prompt alone, end to end: prefill included):
   (``pyspec/weights/<target>/hidden-transfer.safetensors``), drafting a tree of per-depth widths
   ``heads_tree`` from the target's own pass;
 - ``hf``: ``transformers`` ``generate()``, the reference tokens of the other HF modes;
-- ``hf-pld``: ``generate(prompt_lookup_num_tokens=10)``;
-- ``hf-assisted``: ``generate(assistant_model=...)``; the assistant is ``early:N`` (pyspec's
-  early-exit draft of the target, exported as a ``transformers`` model of the target's first N
-  layers) or another model (different-tokenizer assisted generation).
+- ``hf-pld``: ``generate(prompt_lookup_num_tokens=n)``, n the fastest of :data:`PLD_CHOICES` on
+  the calibration prompts (as pyspec's plan chooses its block sizes there);
+- ``hf-assisted``: ``generate(assistant_model=...)`` with ``num_assistant_tokens`` the fastest of
+  :data:`ASSISTANT_CHOICES` on the calibration prompts; the assistant is any draft name
+  (:mod:`pyspec.drafters.names`) of a model: the trained ``draft-lm-1l`` pyspec uses (by default when
+  the target has one), ``early:N``, each exported as a ``transformers`` model
+  (:func:`pyspec.models.export.to_transformers`), or another model (different-tokenizer assisted
+  generation).
+
+Prompts: the held-out MT-bench and HumanEval prompts only (:data:`pyspec.data.HELD_OUT_EVERY`); the
+others are the calibration prompts that plans and the HF settings are chosen on.
 
 Modes run interleaved: for each prompt, every mode in turn, the order rotated from prompt to prompt,
 and the whole set ``repeats`` times. Results: tokens/s (new tokens over wall time), speed-up over
@@ -46,18 +53,22 @@ import torch
 from tqdm import tqdm
 
 from pyspec.api import drafter_from_plan, encode_prompts, load_model, profile_model
-from pyspec.data import humaneval, mtbench
+from pyspec.data import HELD_OUT_EVERY, calibration, held_out, humaneval, mtbench
 from pyspec.decoding.autoregressive import generate_autoregressive
 from pyspec.decoding.hierarchy import build_stack
 from pyspec.decoding.speculative import generate_speculative
+from pyspec.drafters.names import parse_draft, resolve_draft
+from pyspec.drafters.trained import trained_drafts
 from pyspec.estimate import estimate, estimate_markdown
+from pyspec.models.export import to_transformers
 from pyspec.models.llama import LlamaModel
 from pyspec.report import markdown, write_report
 
 PYSPEC_MODES = ("ar", "ngram", "plan", "hidden-transfer")
 HF_MODES = ("hf", "hf-pld", "hf-assisted")
 DATASETS = {"mtbench": (mtbench, True), "humaneval": (humaneval, False)}  # loader, chat template
-PLD_TOKENS = 10  # transformers' usual prompt_lookup_num_tokens
+PLD_CHOICES = (2, 4, 6, 10)  # prompt_lookup_num_tokens tried (10: transformers' documented example)
+ASSISTANT_CHOICES = (3, 6, 20)  # num_assistant_tokens tried (20: transformers' default)
 MODEL_KEYS = {"smollm2-135m-instruct": "smollm2", "qwen2.5-coder-1.5b-instruct": "qwen"}  # in headline keys
 
 
@@ -96,13 +107,17 @@ def pick(prompts: list, limit: int | None) -> list:
     return [prompts[i * len(prompts) // limit] for i in range(limit)]
 
 
-def select_prompts(model: LlamaModel, datasets: Sequence[str], limit: int | None = None) -> list[Item]:
-    """The prompts of ``datasets`` (``"mtbench"``: chat template; ``"humaneval"``: raw completion),
-    at most ``limit`` per dataset, tokenized for ``model``."""
+def select_prompts(
+    model: LlamaModel, datasets: Sequence[str], limit: int | None = None, split: str = "held_out"
+) -> list[Item]:
+    """The ``split`` (``"held_out"``: the benchmark's; ``"calibration"``: the others) prompts of
+    ``datasets`` (``"mtbench"``: chat template; ``"humaneval"``: raw completion), at most ``limit``
+    per dataset, tokenized for ``model``."""
     items = []
     for name in datasets:
         load, chat = DATASETS[name]
-        prompts = pick(load(), limit)
+        prompts = (held_out if split == "held_out" else calibration)(load(), HELD_OUT_EVERY[name])
+        prompts = pick(prompts, limit) if split == "held_out" else prompts[: limit or None]
         ids = encode_prompts(model, [p.text for p in prompts], chat=chat)
         items += [Item(name, p.category, p.id, i) for p, i in zip(prompts, ids, strict=True)]
     return items
@@ -115,21 +130,16 @@ def check_modes(modes: Sequence[str]) -> None:
         raise ValueError(f"unknown modes {sorted(unknown)}; choose from {PYSPEC_MODES + HF_MODES}")
 
 
-def export_early_exit(folder: str | os.PathLike, num_layers: int):
-    """pyspec's ``early:N`` draft as a ``transformers`` model: the target's first ``num_layers``
-    layers, its final norm and head, loaded from the target's Hugging Face folder."""
-    from transformers import AutoModelForCausalLM
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return AutoModelForCausalLM.from_pretrained(
-            str(folder), dtype=torch.float32, num_hidden_layers=num_layers
-        ).eval()
+def default_assistant(model: LlamaModel) -> str:
+    """HF assisted generation's draft by default: the trained ``draft-lm-1l`` pyspec drafts with,
+    when ``model`` has one, else its early exit ``early:6``."""
+    return "draft-lm-1l" if "draft-lm-1l" in trained_drafts(model) else "early:6"
 
 
 class Modes:
     """Runs each mode on one prompt: ``run(mode, ids, max_new)`` -> (tokens, seconds, MAT, decode
-    seconds). Models load once, when a mode first needs them."""
+    seconds). Models load once, when a mode first needs them. ``pld_tokens`` and
+    ``assistant_tokens`` set HF's prompt lookup and assisted generation (see :meth:`tune`)."""
 
     def __init__(
         self,
@@ -137,15 +147,19 @@ class Modes:
         modes: Sequence[str],
         block: int = 5,
         plan=None,
-        assistant: str = "early:20",
+        assistant: str | None = None,
         heads_tree: Sequence[int] = (1, 1, 1),
     ) -> None:
         check_modes(modes)
         if "plan" in modes and plan is None:
             raise ValueError("mode 'plan' needs a plan")
-        self.model, self.block, self.plan, self.assistant_spec = model, block, plan, assistant
+        self.model, self.block, self.plan = model, block, plan
+        self.assistant_spec = assistant or default_assistant(model)
+        if parse_draft(self.assistant_spec)[0] not in ("early", "trained", "model"):
+            raise ValueError(f"hf-assisted needs a draft model, not {self.assistant_spec!r}")
         self.heads_tree = list(heads_tree)
         self.eos = list(model.config.eos_token_ids)
+        self.pld_tokens, self.assistant_tokens = PLD_CHOICES[-1], ASSISTANT_CHOICES[-1]
         self._hf = self._assistant = None
         self._assistant_kw: dict = {}
 
@@ -160,23 +174,45 @@ class Modes:
         return self._hf
 
     def assistant(self):
+        """The ``transformers`` assistant: the target's own draft (early exit, trained draft LM)
+        exported with its weights, or another model from its folder (across tokenizers)."""
         if self._assistant is None:
-            spec = self.assistant_spec
-            if spec.startswith("early:"):
-                self._assistant = export_early_exit(self.model.folder, int(spec.split(":", 1)[1]))
-            else:  # another model: assisted generation across tokenizers
+            draft = resolve_draft(self.model, self.assistant_spec)
+            if parse_draft(self.assistant_spec)[0] == "model":
                 from transformers import AutoModelForCausalLM
 
-                other = load_model(spec, progress=False)
                 self._assistant = AutoModelForCausalLM.from_pretrained(
-                    str(other.folder), dtype=torch.float32
+                    str(draft.folder), dtype=torch.float32
                 ).eval()
-                if other.config.vocab_size != self.model.config.vocab_size:
+                if draft.config.vocab_size != self.model.config.vocab_size:
                     self._assistant_kw = {
                         "tokenizer": self.model.tokenizer,
-                        "assistant_tokenizer": other.tokenizer,
+                        "assistant_tokenizer": draft.tokenizer,
                     }
+            else:
+                self._assistant = to_transformers(draft, self.model.folder)
+        self._assistant.generation_config.num_assistant_tokens = self.assistant_tokens
         return self._assistant
+
+    def tune(self, modes: Sequence[str], items: Sequence[Item], max_new: int, progress: bool = True) -> dict:
+        """Gives HF's speculative modes their best setting here, as pyspec's plan gets its block
+        sizes: for ``hf-pld`` each of :data:`PLD_CHOICES`, for ``hf-assisted`` each of
+        :data:`ASSISTANT_CHOICES`, timed on the calibration ``items``; keeps the fastest and returns
+        ``{mode: {"setting": name, "seconds": {value: total seconds}, "chosen": value}}``."""
+        knobs = {
+            "hf-pld": ("prompt_lookup_num_tokens", "pld_tokens", PLD_CHOICES),
+            "hf-assisted": ("num_assistant_tokens", "assistant_tokens", ASSISTANT_CHOICES),
+        }
+        out = {}
+        for mode in [m for m in modes if m in knobs]:
+            setting, attr, choices = knobs[mode]
+            seconds = {}
+            for value in tqdm(choices, desc=f"tune {mode}", disable=not progress):
+                setattr(self, attr, value)
+                seconds[value] = sum(self.run(mode, item.ids, max_new)[1] for item in items)
+            setattr(self, attr, min(seconds, key=seconds.get))
+            out[mode] = {"setting": setting, "seconds": seconds, "chosen": getattr(self, attr)}
+        return out
 
     def run(
         self, mode: str, ids: list[int], max_new: int
@@ -185,7 +221,7 @@ class Modes:
             return self._pyspec(mode, ids, max_new)
         kw: dict = {}
         if mode == "hf-pld":
-            kw["prompt_lookup_num_tokens"] = PLD_TOKENS
+            kw["prompt_lookup_num_tokens"] = self.pld_tokens
         elif mode == "hf-assisted":
             kw["assistant_model"] = self.assistant()
             kw.update(self._assistant_kw)
@@ -254,6 +290,14 @@ class Journal:
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.write_text(json.dumps(settings) + "\n")
+
+    @staticmethod
+    def settings_of(path: str | os.PathLike) -> dict:
+        """The settings a journal was started with ({} for a new or empty one)."""
+        path = Path(path)
+        if not path.exists() or not path.stat().st_size:
+            return {}
+        return json.loads(path.read_text().splitlines()[0])
 
     def add(self, record: Record) -> None:
         with self.path.open("a") as f:
@@ -410,17 +454,21 @@ def bench(
     max_new_tokens: int = 128,
     repeats: int = 1,
     block: int = 5,
-    assistant: str = "early:20",
+    assistant: str | None = None,
     calibration_prompts: int = 4,
     profile: dict | None = None,
     progress: bool = True,
     heads_tree: Sequence[int] = (1, 1, 1),
     journal: str | os.PathLike | None = None,
+    tune_prompts: int = 2,
 ) -> dict:
     """Runs the suite (see the module docstring) and returns the report: settings, machine, date,
     summary per dataset/category/mode, headline figures, per-run records. Mode ``plan`` profiles
     the target on ``calibration_prompts`` MT-bench and HumanEval prompts held out of the benchmark
-    splits (:func:`pyspec.profile_model`), unless a ``profile`` (from ``pyspec profile``) is given.
+    splits (:func:`pyspec.profile_model`), unless a ``profile`` (from ``pyspec profile``) is given;
+    HF's prompt lookup and assisted generation get their fastest setting on ``tune_prompts``
+    calibration prompts per dataset (:meth:`Modes.tune`). ``assistant``: hf-assisted's draft
+    (default :func:`default_assistant`).
     With a ``journal`` file, a run that stops (a session's end, a crash) goes on where it stopped
     when called again with the same settings: finished runs are read back, not repeated
     (:class:`Journal`); the report then names every day its runs come from.
@@ -446,6 +494,13 @@ def bench(
             profile = profile_model(target, ["ngram"], calibration_prompts=calibration_prompts)
         plan = make_plan(profile, max_block=16)
     runner = Modes(target, names, block, plan, assistant, heads_tree)
+    tuning = Journal.settings_of(journal).get("hf_tuning") if journal is not None else None
+    if tuning is None:
+        calibrating = select_prompts(target, datasets, tune_prompts, split="calibration")
+        tuning = runner.tune(names, calibrating, max_new_tokens, progress)
+        tuning = json.loads(json.dumps(tuning))  # as a journal holds it: keys are strings
+    runner.pld_tokens = tuning.get("hf-pld", {}).get("chosen", runner.pld_tokens)
+    runner.assistant_tokens = tuning.get("hf-assisted", {}).get("chosen", runner.assistant_tokens)
     settings = {
         "model": getattr(target, "name", str(model)),
         "datasets": list(datasets),
@@ -454,7 +509,8 @@ def bench(
         "max_new_tokens": max_new_tokens,
         "repeats": repeats,
         "block": block,
-        "assistant": assistant,
+        "assistant": runner.assistant_spec if "hf-assisted" in names else None,
+        "hf_tuning": tuning,
         "heads_tree": list(heads_tree) if "hidden-transfer" in names else None,
         "plan": plan.for_batch(1).label if plan else None,
         "threads": torch.get_num_threads(),

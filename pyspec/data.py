@@ -50,6 +50,9 @@ def humaneval() -> list[Prompt]:
     return [Prompt(task, "humaneval", p["prompt"]) for task, p in read_problems().items()]
 
 
+HELD_OUT_EVERY = {"mtbench": 4, "humaneval": 8}  # benchmarks run every n-th prompt; plans use the rest
+
+
 def held_out(prompts: list[Prompt], every: int) -> list[Prompt]:
     """The benchmark's held-out prompts: every ``every``-th prompt (starting with the first). The others
     are free for calibration (profiling, acceptance); training never uses MT-bench or HumanEval.

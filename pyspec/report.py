@@ -14,6 +14,19 @@ def _spread_cell(spread: dict | None) -> str:
     return "" if spread is None else "{median:.2f}x ({q1:.2f}-{q3:.2f})".format(**spread)
 
 
+def _hf_settings(report: dict) -> str:
+    """Which settings HF's speculative modes ran with, and what they were chosen from."""
+    parts = []
+    for mode, t in report["hf_tuning"].items():
+        tried = ", ".join(f"{v}: {sec:.1f} s" for v, sec in t["seconds"].items())
+        draft = f" with assistant `{report['assistant']}`" if mode == "hf-assisted" else ""
+        parts.append(
+            f"`{mode}`{draft} ran `{t['setting']}={t['chosen']}`, the fastest on the calibration "
+            f"prompts ({tried})"
+        )
+    return "HF settings: " + "; ".join(parts) + "."
+
+
 def markdown(report: dict) -> str:
     """The report as markdown: one table per dataset (categories x modes: tokens/s and speed-up over
     pyspec's autoregressive decoding), MAT, per-prompt speed-up over each baseline (median and
@@ -24,10 +37,10 @@ def markdown(report: dict) -> str:
         f"**{report['model']}** on {report['machine']}, {when}; greedy fp32, batch 1, "
         f"{report['max_new_tokens']} new tokens, {report['repeats']} repeat(s), modes interleaved"
         + (f"; plan: `{report['plan']}`" if report.get("plan") else "")
-        + (f"; assistant: `{report['assistant']}`" if "hf-assisted" in report["modes"] else "")
         + ".",
         "",
     ]
+    lines += [_hf_settings(report), ""] if report.get("hf_tuning") else []
     for dataset, cats in report["summary"].items():
         names = list(cats["all"])
         lines += [
