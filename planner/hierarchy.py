@@ -1,6 +1,6 @@
 """Expected time per token of a speculative hierarchy, and the latency-optimal hierarchy.
 
-The procedure (papers.md §2, as pyspec runs it): level 0 drafts ``T_0`` tokens alone (a model: one
+The procedure (docs/papers.md §2, as pyspec runs it): level 0 drafts ``T_0`` tokens alone (a model: one
 pass per token; the n-gram drafter: one lookup); a middle level i repeatedly takes a block from the
 level below, verifies it with one pass of its model on ``T_below + 1`` new tokens, gains the accepted
 tokens plus one, and stops once it holds at least ``T_i`` tokens, returning exactly ``T_i`` (the

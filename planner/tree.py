@@ -4,7 +4,7 @@ Positional acceptance: ``acceptance[d][r]`` is the probability that the candidat
 draft's most likely token) below a node at depth d (the context is depth 0) is the one the target
 accepts, given that node was reached; ranks of one node are exclusive, so each row sums to <= 1.
 A static tree's expected number of accepted nodes is ``sum_v prod_{u on root..v} acceptance[depth(u)
-- 1][rank(u)]`` (papers.md §0), and a step emits that plus one token.
+- 1][rank(u)]`` (docs/papers.md §0), and a step emits that plus one token.
 
 For every node budget n and depth limit D, ``f_D(n)`` is the largest expected number of accepted
 nodes of a tree with at most n nodes and depth at most D: a knapsack over the children's ranks,

@@ -1,1 +1,2 @@
-"""Decoding loops: autoregressive now; speculative, hierarchical, batched and APAR to come."""
+"""Decoding loops: autoregressive, speculative (chains, trees, hierarchies of drafts), the
+continuous-batching engine (EMS-SD) and APAR."""

@@ -1,4 +1,4 @@
-"""APAR decoding (papers.md §3): a fine-tuned model forks its answer into streams decoded in parallel.
+"""APAR decoding (docs/papers.md §3): a fine-tuned model forks its answer into streams decoded in parallel.
 
 Every stream is one sequence of the ragged batch. When a stream emits ``[Fork]``, a child stream
 starts that shares the parent's KV pages (:meth:`pyspec.model_runner.ModelRunner.fork`: reference
@@ -7,7 +7,7 @@ counts, copy-on-write for the shared, partly filled page), is fed ``[Fork]`` and
 stream never sees its siblings' text. ``[Child]`` is never produced; ``[Fork]`` is banned right after
 ``[Fork]``/``[Child]`` and at the maximum depth. When the request already has ``max_streams`` streams
 running, a new child waits (holding only references to its parent's pages) and joins the batch, in
-fork order, as soon as a stream finishes. (papers.md bans ``[Fork]`` when the batch is full instead;
+fork order, as soon as a stream finishes. (docs/papers.md bans ``[Fork]`` when the batch is full instead;
 that ban depends on how far the other streams have got, so speculation, which changes that, would
 change the answer. Here every ban depends on the stream's own context only.) Finished streams leave
 the batch and free their pages. The answer is reassembled from the paragraph

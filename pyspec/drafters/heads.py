@@ -8,7 +8,7 @@ never proposed, which costs acceptance only, never correctness.
 
 - :class:`MedusaHeads` (Cai et al. 2024): head i maps the final normalised state h to
   ``h + SiLU(W_i h + b_i)``, read by the target's head.
-- :class:`HiddenTransfer` (papers.md §1): at layer t, linear map i turns the last token's hidden state
+- :class:`HiddenTransfer` (docs/papers.md §1): at layer t, linear map i turns the last token's hidden state
   into a *pseudo* hidden state for position s + i; the pseudo states then run through layers
   t+1..L with the real tokens (attending to the context and to the earlier pseudo states), and the
   target's final norm and head read them.

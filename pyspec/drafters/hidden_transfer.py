@@ -1,4 +1,4 @@
-"""Drafting from the target's own pass: Medusa heads and hidden transfer (papers.md §1).
+"""Drafting from the target's own pass: Medusa heads and hidden transfer (docs/papers.md §1).
 
 The target's verification pass also computes the next step's drafts, so no separate draft pass runs:
 
@@ -15,7 +15,7 @@ The target's verification pass also computes the next step's drafts, so no separ
   drafts for the step after the recovered or bonus token.
 - :class:`HeadsDrafter` turns them into a static tree (Medusa's format: depth d takes the
   ``widths[d - 1]`` best tokens of future step d) of deterministic candidates, so greedy output is
-  the target's and sampled output follows the target's distribution (q = one-hot, papers.md §0).
+  the target's and sampled output follows the target's distribution (q = one-hot, docs/papers.md §0).
 
 Example:
     >>> drafter = HeadsDrafter(FutureHeads.load(path), widths=[3, 2, 1])  # doctest: +SKIP

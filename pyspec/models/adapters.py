@@ -1,4 +1,4 @@
-"""Low-rank adapters merged into a target: the APAR model (papers.md §3).
+"""Low-rank adapters merged into a target: the APAR model (docs/papers.md §3).
 
 APAR's control tokens ``[Fork]`` and ``[Child]`` are added to the tokenizer and to the embeddings (tied
 with the head), and the adapter trained by ``python -m pyspec.training apar`` (peft's format: its

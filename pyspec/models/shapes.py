@@ -1,6 +1,6 @@
 """The registry models' architectures, for timing their real shapes with random weights where the
-weight packages cannot be installed (a GPU machine without network access; papers and MODELS.md:
-latency does not depend on weight values). Outputs of such a model mean nothing: use it for
+weight packages cannot be installed (a GPU machine without network access): latency does not
+depend on weight values. Outputs of such a model mean nothing: use it for
 latency only, and take acceptance from a profile measured with the real weights.
 """
 

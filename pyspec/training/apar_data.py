@@ -1,4 +1,4 @@
-"""APAR training data from ShareGPT (papers.md §3): replies rewritten into a paragraph tree.
+"""APAR training data from ShareGPT (docs/papers.md §3): replies rewritten into a paragraph tree.
 
 A reply with a numbered list of at least three ``N. Title: details`` items keeps each item's head in the
 main stream, followed by the control token ``[Fork]``; the item's details go to a child stream that

