@@ -138,4 +138,4 @@ cmake-build: setup
 	cmake --build build/cmake -j2
 
 clean:
-	rm -rf build pyspec/_C*.so *.egg-info $(VENV)/.built
+	rm -rf build pyspec/_C*.so pyspec/_C_build.json *.egg-info $(VENV)/.built

@@ -1,6 +1,6 @@
 """pyspec's compiled ops: thin wrappers over ``torch.ops.pyspec.*`` and their fake (meta) kernels.
 
-Vocabulary (see DESIGN.md):
+Vocabulary (see docs/design.md):
 
 - KV pools ``k_cache``, ``v_cache``: ``[num_pages, page_size, kv_heads, head_dim]`` for one layer
   (``kv_compact`` and ``copy_pages`` also take ``[num_layers, num_pages, ...]`` to act on all layers).
@@ -16,11 +16,48 @@ The plain-PyTorch specification of each op is the function of the same name in :
 
 from __future__ import annotations
 
+import json
 import math
+import platform
+from pathlib import Path
 
 import torch
 
-from pyspec import _C  # noqa: F401  (registers torch.ops.pyspec.*)
+_BUILD_INFO = Path(__file__).with_name("_C_build.json")
+
+
+def _check_cpu(build_info: Path = _BUILD_INFO, cpuinfo: str = "/proc/cpuinfo") -> None:
+    """Raises ImportError, instead of the SIGILL of the first kernel, where this x86_64 CPU lacks a
+    feature pyspec._C was compiled for (``cpu_flags`` in ``_C_build.json``, written by setup.py:
+    avx2, fma, f16c for the default x86-64-v3 build; none for PYSPEC_NATIVE=1). Cheap: one small file
+    and the first ``flags`` line of /proc/cpuinfo (elsewhere torch's CPU capability stands in)."""
+    try:
+        info = json.loads(build_info.read_text())
+    except (OSError, ValueError):
+        return  # built without setup.py (CMake) or by an older one: nothing recorded
+    needed = info.get("cpu_flags") or []
+    if not needed or platform.machine().lower() not in ("x86_64", "amd64"):
+        return
+    try:
+        with open(cpuinfo) as f:
+            have = next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), None)
+    except OSError:
+        have = None
+    if have is None:  # no /proc/cpuinfo: torch's AVX2 capability means AVX2 and FMA
+        capability = torch.backends.cpu.get_cpu_capability()
+        have = set(needed) if capability in ("AVX2", "AVX512") else set()
+    missing = [flag for flag in needed if flag not in have]
+    if missing:
+        raise ImportError(
+            f"pyspec._C was compiled with -march={info.get('march')}, which needs the CPU features "
+            f"{', '.join(needed)}; this CPU lacks {', '.join(missing)}. Rebuild pyspec from source for "
+            "this machine: PYSPEC_NATIVE=1 pip install --no-build-isolation . (in a pyspec checkout)"
+        )
+
+
+_check_cpu()
+
+from pyspec import _C  # noqa: E402, F401  (registers torch.ops.pyspec.*)
 
 __all__ = [
     "paged_kv_append",
