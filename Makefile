@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 EXT_SOURCES := $(shell find csrc -name '*.h' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.cu') setup.py pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: setup run test bench bench-ar bench-spec bench-planner bench-batch bench-suite bench-heavy bench-drafts train-drafts train-qwen-draft train-apar bench-apar qwen lint cuda-build-check cmake-build clean
+.PHONY: setup run test bench bench-ar bench-spec bench-planner bench-batch bench-suite bench-heavy bench-drafts train-drafts train-qwen-draft train-apar bench-apar qwen lint test-slow wheel-check cuda-build-check cmake-build clean
 
 setup: $(VENV)/.built
 
@@ -113,6 +113,16 @@ bench-apar: setup
 
 test: setup
 	$(PY) -m pytest -q -m "not slow" --doctest-modules pyspec planner tests $(PYTEST_ARGS)
+
+# The long-running checks (marked slow) that `make test` leaves out.
+test-slow: setup
+	$(PY) -m pytest -q -m slow tests $(PYTEST_ARGS)
+
+# `pip install .` gives a working package: the wheel built from this checkout, installed into a fresh
+# virtual environment with only its declared dependencies, runs `pyspec generate` from outside the
+# checkout (scripts/wheel_check.sh; a few minutes, mostly the build and installing torch).
+wheel-check: setup
+	PY=$(abspath $(PY)) PYTHON=$(PYTHON) scripts/wheel_check.sh
 
 lint: setup
 	$(VENV)/bin/ruff check pyspec planner tests benchmarks
