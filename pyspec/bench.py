@@ -58,7 +58,7 @@ from pyspec.decoding.autoregressive import generate_autoregressive
 from pyspec.decoding.hierarchy import build_stack
 from pyspec.decoding.speculative import generate_speculative
 from pyspec.drafters.names import parse_draft, resolve_draft
-from pyspec.drafters.trained import trained_drafts
+from pyspec.drafters.trained import HEADS, trained_drafts
 from pyspec.estimate import estimate, estimate_markdown
 from pyspec.models.export import to_transformers
 from pyspec.models.llama import LlamaModel
@@ -155,7 +155,7 @@ class Modes:
             raise ValueError("mode 'plan' needs a plan")
         self.model, self.block, self.plan = model, block, plan
         self.assistant_spec = assistant or default_assistant(model)
-        if parse_draft(self.assistant_spec)[0] not in ("early", "trained", "model"):
+        if parse_draft(self.assistant_spec)[0] == "ngram" or self.assistant_spec in HEADS:
             raise ValueError(f"hf-assisted needs a draft model, not {self.assistant_spec!r}")
         self.heads_tree = list(heads_tree)
         self.eos = list(model.config.eos_token_ids)
@@ -197,7 +197,8 @@ class Modes:
     def tune(self, modes: Sequence[str], items: Sequence[Item], max_new: int, progress: bool = True) -> dict:
         """Gives HF's speculative modes their best setting here, as pyspec's plan gets its block
         sizes: for ``hf-pld`` each of :data:`PLD_CHOICES`, for ``hf-assisted`` each of
-        :data:`ASSISTANT_CHOICES`, timed on the calibration ``items``; keeps the fastest and returns
+        :data:`ASSISTANT_CHOICES`, timed on the calibration ``items`` (after one untimed warm-up
+        run, the settings interleaved per prompt); keeps the fastest and returns
         ``{mode: {"setting": name, "seconds": {value: total seconds}, "chosen": value}}``."""
         knobs = {
             "hf-pld": ("prompt_lookup_num_tokens", "pld_tokens", PLD_CHOICES),
@@ -206,10 +207,12 @@ class Modes:
         out = {}
         for mode in [m for m in modes if m in knobs]:
             setting, attr, choices = knobs[mode]
-            seconds = {}
-            for value in tqdm(choices, desc=f"tune {mode}", disable=not progress):
-                setattr(self, attr, value)
-                seconds[value] = sum(self.run(mode, item.ids, max_new)[1] for item in items)
+            seconds = dict.fromkeys(choices, 0.0)
+            self.run(mode, items[0].ids, max_new)
+            for item in tqdm(items, desc=f"tune {mode}", disable=not progress):
+                for value in choices:
+                    setattr(self, attr, value)
+                    seconds[value] += self.run(mode, item.ids, max_new)[1]
             setattr(self, attr, min(seconds, key=seconds.get))
             out[mode] = {"setting": setting, "seconds": seconds, "chosen": getattr(self, attr)}
         return out

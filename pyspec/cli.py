@@ -19,9 +19,12 @@ def _drafts(args: argparse.Namespace, target) -> list | None:
 
 def _generate(args: argparse.Namespace) -> int:
     from pyspec.api import generate, load_model
+    from pyspec.drafters.names import parse_draft
     from pyspec.sampling import SamplingParams
 
     SamplingParams(args.temperature, args.top_k, args.top_p, args.seed)  # bad values fail before loading
+    for spec in args.draft:
+        parse_draft(spec)
     model = load_model(args.model)
     kw = dict(
         max_new_tokens=args.max_new_tokens,

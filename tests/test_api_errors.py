@@ -1,5 +1,7 @@
 """Bad input to the runtime is a clear error: unknown model, unreadable file, bad prompts, bad sampling."""
 
+import re
+
 import pytest
 
 import pyspec
@@ -148,8 +150,9 @@ def test_a_bad_draft_name_fails_alike_in_generate_plan_and_cli(model, capsys, na
         pyspec.generate(model, "Hi", max_new_tokens=2, drafts=[name])
     with pytest.raises(error, match=message):
         resolve_candidate(model, name)  # what pyspec.plan and pyspec profile resolve candidates with
-    assert main(["generate", "--prompt", "Hi", "--max-new-tokens", "2", "--draft", name]) == 2
-    assert "pyspec: error:" in capsys.readouterr().err
+    if name in ("early:x", "no-such-draft", "draft-lm-9l"):  # the CLI too (each call loads the model)
+        assert main(["generate", "--prompt", "Hi", "--max-new-tokens", "2", "--draft", name]) == 2
+        assert re.search(f"^pyspec: error: .*{message}", capsys.readouterr().err)
 
 
 def test_every_entry_point_accepts_the_same_draft_names(model, capsys):
