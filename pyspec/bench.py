@@ -572,6 +572,7 @@ def run_cli(args) -> int:
         profile=profile,
         heads_tree=args.heads_tree,
         journal=args.journal,
+        tune_prompts=args.tune_prompts,
     )
     write_report(report, args.out, args.readme)
     print(markdown(report))

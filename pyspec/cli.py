@@ -265,6 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=[1, 1, 1],
         help="mode 'hidden-transfer': candidates per depth (default a chain of 3)",
     )
+    be.add_argument(
+        "--tune-prompts",
+        type=int,
+        default=2,
+        help="calibration prompts per dataset that choose HF's prompt_lookup_num_tokens and "
+        "num_assistant_tokens (the fastest of a small set)",
+    )
     be.add_argument("--profile", default=None, help="a profile from `pyspec profile` for mode 'plan'")
     be.add_argument(
         "--random-weights",
