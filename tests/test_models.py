@@ -44,7 +44,7 @@ def fp32_bound(config, exact: torch.Tensor) -> float:
     CPU, its vector width and its BLAS: the rounding errors of a float32 dot product of length K add
     up like a random walk, to about sqrt(K) u of its magnitude; K is the model's longest dot product
     (the MLP's down projection). For SmolLM2 (K = 1536, max|logit| ~38: sqrt(K) u max|logit| ~ 8.9e-5)
-    pyspec's error is 0.75 of that on Zen 1 (AVX2) and on a Xeon (AVX-512), transformers' 1.05 and
+    pyspec's error is 0.75 of that on an AMD EPYC (AVX2) and on a Xeon (AVX-512), transformers' 1.05 and
     0.69; the bound allows 4.
     """
     longest = max(config.hidden_size, config.intermediate_size)

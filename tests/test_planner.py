@@ -54,7 +54,7 @@ def test_ten_models_with_blocks_up_to_32_plan_in_seconds():
     candidates, alpha = random_instance(np.random.default_rng(1), 10)
     start = time.perf_counter()
     plan = optimal_hierarchy(candidates, alpha, 9, max_block=32)
-    assert time.perf_counter() - start < 5.0  # ~0.2 s on Zen 1: a margin for busier machines
+    assert time.perf_counter() - start < 5.0  # ~0.2 s on a 2-core EPYC: a margin for busier machines
     assert plan.seconds_per_token <= candidates[9].cost(1)
 
 
