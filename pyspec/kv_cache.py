@@ -54,6 +54,7 @@ class PagedKVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.page_size = page_size
+        self._layers = list(zip(self.k.unbind(0), self.v.unbind(0), strict=True))  # views, made once
         self._refcount = [0] * num_pages
         self._free = list(range(num_pages - 1, -1, -1))  # pop() hands out low pages first
         self._seqs: dict[int, _Sequence] = {}
@@ -144,6 +145,10 @@ class PagedKVCache:
             table[b, : len(r)] = torch.tensor(r, dtype=torch.int32)
         lens = torch.tensor([self._seq(s).length for s in seqs], dtype=torch.int32)
         return table.to(self.k.device), lens.to(self.k.device)
+
+    def layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(k, v)`` pools ``[num_pages, page_size, kv_heads, head_dim]`` of each layer (views)."""
+        return self._layers
 
     def stats(self) -> dict[str, int]:
         """Page usage: total, used, free and shared (referenced by more than one sequence) pages."""

@@ -11,6 +11,9 @@ Vocabulary (see docs/design.md):
 - New token i of sequence b has its K/V at slot ``kv_lens[b] + i`` (written by :func:`paged_kv_append`).
 
 Every op checks its arguments and raises ``RuntimeError`` with the argument's name on bad input.
+A forward pass validates its batch's metadata once (:func:`plan_tree_attention`); the per-layer ops
+that take the plan (:func:`run_tree_attention`, :func:`rope_kv_append`) check only that their
+tensors fit it.
 The plain-PyTorch specification of each op is the function of the same name in :mod:`pyspec.reference`.
 """
 
@@ -62,23 +65,18 @@ from pyspec import _C  # noqa: E402, F401  (registers torch.ops.pyspec.*)
 __all__ = [
     "paged_kv_append",
     "tree_attention",
+    "plan_tree_attention",
+    "run_tree_attention",
+    "rope_kv_append",
+    "rms_norm",
+    "add_rms_norm",
+    "silu_mul",
     "kv_compact",
     "copy_pages",
     "rotary_embedding",
     "rope_inv_freq",
     "linear",
 ]
-
-
-def _check_devices(**tensors: torch.Tensor | None) -> None:
-    """All tensor arguments of an op must be on one device (the kernels never move data)."""
-    named = [(name, t.device) for name, t in tensors.items() if t is not None]
-    for name, device in named[1:]:
-        if device != named[0][1]:
-            raise RuntimeError(
-                f"pyspec: {name} is on {device} but {named[0][0]} is on {named[0][1]}; "
-                "all arguments must be on one device"
-            )
 
 
 def paged_kv_append(
@@ -104,15 +102,6 @@ def paged_kv_append(
         >>> bool((kc[0, 5] == k[0]).all() and (kc[2, 1] == k[2]).all())
         True
     """
-    _check_devices(
-        k_cache=k_cache,
-        v_cache=v_cache,
-        k=k,
-        v=v,
-        qo_indptr=qo_indptr,
-        page_table=page_table,
-        kv_lens=kv_lens,
-    )
     torch.ops.pyspec.paged_kv_append(k_cache, v_cache, k, v, qo_indptr, page_table, kv_lens)
 
 
@@ -145,15 +134,6 @@ def tree_attention(
         >>> tree_attention(q, kc, vc, indptr, table, lens).shape
         torch.Size([2, 3, 64])
     """
-    _check_devices(
-        k_cache=k_cache,
-        v_cache=v_cache,
-        q=q,
-        qo_indptr=qo_indptr,
-        page_table=page_table,
-        kv_lens=kv_lens,
-        tree_mask=tree_mask,
-    )
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     return torch.ops.pyspec.tree_attention(
@@ -184,14 +164,6 @@ def kv_compact(
         >>> bool((kc[0, 3] == node3).all()), int(lens[0])
         (True, 4)
     """
-    _check_devices(
-        k_cache=k_cache,
-        v_cache=v_cache,
-        kv_lens=kv_lens,
-        page_table=page_table,
-        accept_indptr=accept_indptr,
-        accept_nodes=accept_nodes,
-    )
     torch.ops.pyspec.kv_compact(k_cache, v_cache, kv_lens, page_table, accept_indptr, accept_nodes)
 
 
@@ -209,7 +181,6 @@ def copy_pages(
         >>> bool((kc[2] == kc[0]).all())
         True
     """
-    _check_devices(k_cache=k_cache, v_cache=v_cache, src_pages=src_pages, dst_pages=dst_pages)
     torch.ops.pyspec.copy_pages(k_cache, v_cache, src_pages, dst_pages)
 
 
@@ -225,7 +196,6 @@ def rotary_embedding(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.T
         >>> torch.equal(out[0], x[0])  # position 0 is the identity
         True
     """
-    _check_devices(x=x, positions=positions, inv_freq=inv_freq)
     return torch.ops.pyspec.rotary_embedding(x, positions, inv_freq)
 
 
@@ -255,15 +225,148 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         >>> y.shape, torch.equal(linear(x[2:3], w, b), y[2:3])
         (torch.Size([5, 3]), True)
     """
-    _check_devices(x=x, weight=weight, bias=bias)
     return torch.ops.pyspec.linear(x, weight, bias)
+
+
+AttentionPlan = torch.ScriptObject  # a torch.classes.pyspec.AttentionPlan (opaque)
+
+
+def plan_tree_attention(
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    qo_indptr: torch.Tensor,
+    page_table: torch.Tensor,
+    kv_lens: torch.Tensor,
+    tree_mask: torch.Tensor | None,
+    q_heads: int,
+) -> AttentionPlan:
+    """Validates a ragged batch's attention metadata once and plans the work of every layer's
+    attention (FlashInfer's plan/run split): the checks of :func:`tree_attention` (page indices in
+    range, pages covering every sequence's committed + new slots, the mask's size) run here, and the
+    plan keeps its own copies, so the per-layer ops only check that their tensors fit it.
+
+    ``k_cache``, ``v_cache``: one layer's pools or all layers' ``[num_layers, num_pages, ...]``; the
+    other arguments as in :func:`tree_attention`; ``q_heads``: query heads (a multiple of kv heads).
+
+    Example:
+        >>> kc = torch.randn(2, 16, 1, 64); vc = torch.randn_like(kc)
+        >>> plan = plan_tree_attention(kc, vc, torch.tensor([0, 2], dtype=torch.int32),
+        ...                            torch.tensor([[1, 0]], dtype=torch.int32),
+        ...                            torch.tensor([20], dtype=torch.int32), None, q_heads=3)
+        >>> plan.num_tokens()
+        2
+    """
+    return torch.ops.pyspec.tree_attention_plan(
+        k_cache, v_cache, qo_indptr, page_table, kv_lens, tree_mask, q_heads
+    )
+
+
+def run_tree_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    plan: AttentionPlan,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """:func:`tree_attention` of one layer on a plan from :func:`plan_tree_attention`: the same bits,
+    without re-validating the metadata. ``q``: ``[plan.num_tokens(), q_heads, head_dim]``; the pools
+    must have the plan's geometry, dtype and device.
+
+    Example:
+        >>> kc = torch.randn(2, 16, 1, 64); vc = torch.randn_like(kc); q = torch.randn(2, 3, 64)
+        >>> args = (torch.tensor([0, 2], dtype=torch.int32), torch.tensor([[1, 0]], dtype=torch.int32),
+        ...         torch.tensor([20], dtype=torch.int32))
+        >>> plan = plan_tree_attention(kc, vc, *args, None, q_heads=3)
+        >>> torch.equal(run_tree_attention(q, kc, vc, plan), tree_attention(q, kc, vc, *args))
+        True
+    """
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    return torch.ops.pyspec.tree_attention_run(q, k_cache, v_cache, plan, scale)
+
+
+def rope_kv_append(
+    qkv: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    positions: torch.Tensor,
+    inv_freq: torch.Tensor,
+    plan: AttentionPlan,
+) -> torch.Tensor:
+    """The step after a fused q/k/v projection, in one call: ``qkv [T, (q_heads + 2 kv_heads) *
+    head_dim]`` (each token's q heads, then k heads, then v heads) is split, q and k are rotated
+    (:func:`rotary_embedding`), and k and v are written at each token's KV slot (as
+    :func:`paged_kv_append` on the plan's metadata). Returns the rotated q ``[T, q_heads, head_dim]``.
+    Bitwise the same as the separate ops.
+
+    Example:
+        >>> kc = torch.zeros(2, 16, 1, 8); vc = torch.zeros_like(kc)
+        >>> meta = (torch.tensor([0, 1], dtype=torch.int32), torch.tensor([[0]], dtype=torch.int32),
+        ...         torch.tensor([3], dtype=torch.int32))
+        >>> plan = plan_tree_attention(kc, vc, *meta, None, q_heads=2)
+        >>> qkv = torch.randn(1, (2 + 2) * 8); pos = torch.tensor([3]); inv = rope_inv_freq(8, 10000.0)
+        >>> q = rope_kv_append(qkv, kc, vc, pos, inv, plan)
+        >>> q.shape, torch.equal(vc[0, 3, 0], qkv[0, 24:])
+        (torch.Size([1, 2, 8]), True)
+    """
+    return torch.ops.pyspec.rope_kv_append(qkv, k_cache, v_cache, positions, inv_freq, plan)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm of each row of ``x [T, D]`` (float32 or bfloat16) times ``weight [D]``, rounded as
+    transformers' Llama rounds it. Each row's sum of squares runs in one fixed order that depends only
+    on D, so a row's result is the same bits alone or in a batch, on any number of threads.
+
+    Example:
+        >>> x = torch.randn(3, 64); w = torch.ones(64)
+        >>> torch.equal(rms_norm(x[1:2], w, 1e-5), rms_norm(x, w, 1e-5)[1:2])
+        True
+    """
+    return torch.ops.pyspec.rms_norm(x, weight, eps)
+
+
+def add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rms_norm(x + residual), x + residual)`` in one pass over the rows: the residual add of a
+    decoder layer fused with the next norm. Shapes and numerics as :func:`rms_norm`.
+
+    Example:
+        >>> x, r, w = torch.randn(2, 64), torch.randn(2, 64), torch.ones(64)
+        >>> normed, total = add_rms_norm(x, r, w, 1e-5)
+        >>> torch.equal(total, x + r), torch.equal(normed, rms_norm(x + r, w, 1e-5))
+        (True, True)
+    """
+    return torch.ops.pyspec.add_rms_norm(x, residual, weight, eps)
+
+
+def silu_mul(x: torch.Tensor) -> torch.Tensor:
+    """SwiGLU's activation of a fused gate/up projection: ``x [T, 2I] = [gate | up]`` gives
+    ``silu(gate) * up [T, I]``, each element on its own (batch invariant).
+
+    Example:
+        >>> x = torch.randn(2, 8)
+        >>> torch.allclose(silu_mul(x), torch.nn.functional.silu(x[:, :4]) * x[:, 4:])
+        True
+    """
+    return torch.ops.pyspec.silu_mul(x)
 
 
 # Fake kernels: shapes only, so torch.compile and FakeTensor tracing go through the ops.
 
+def _one_device(*tensors: torch.Tensor | None) -> None:
+    """The fake kernels' device check: under meta or fake tensors, arguments that the real kernels would
+    refuse for sitting on different devices are refused here too."""
+    devices = {t.device for t in tensors if t is not None}
+    torch._check(len(devices) <= 1, lambda: f"pyspec: arguments are on {sorted(map(str, devices))}; "
+                 "all arguments must be on one device")
+
+
+
 
 @torch.library.register_fake("pyspec::paged_kv_append")
 def _(k_cache, v_cache, k, v, qo_indptr, page_table, kv_lens):
+    _one_device(k_cache, v_cache, k, v, qo_indptr, page_table, kv_lens)
     torch._check(k.shape == v.shape, lambda: "pyspec: k and v must have the same shape")
     torch._check(
         k.shape[1:] == k_cache.shape[2:], lambda: "pyspec: k must be [T, kv_heads, head_dim] of the cache"
@@ -273,6 +376,7 @@ def _(k_cache, v_cache, k, v, qo_indptr, page_table, kv_lens):
 
 @torch.library.register_fake("pyspec::tree_attention")
 def _(q, k_cache, v_cache, qo_indptr, page_table, kv_lens, tree_mask, scale):
+    _one_device(q, k_cache, v_cache, qo_indptr, page_table, kv_lens, tree_mask)
     torch._check(
         q.dim() == 3 and q.shape[2] == k_cache.shape[3], lambda: "pyspec: q must be [T, heads, head_dim]"
     )
@@ -282,6 +386,7 @@ def _(q, k_cache, v_cache, qo_indptr, page_table, kv_lens, tree_mask, scale):
 
 @torch.library.register_fake("pyspec::kv_compact")
 def _(k_cache, v_cache, kv_lens, page_table, accept_indptr, accept_nodes):
+    _one_device(k_cache, v_cache, kv_lens, page_table, accept_indptr, accept_nodes)
     torch._check(
         accept_indptr.shape[0] == kv_lens.shape[0] + 1, lambda: "pyspec: accept_indptr must be [B + 1]"
     )
@@ -290,12 +395,14 @@ def _(k_cache, v_cache, kv_lens, page_table, accept_indptr, accept_nodes):
 
 @torch.library.register_fake("pyspec::copy_pages")
 def _(k_cache, v_cache, src_pages, dst_pages):
+    _one_device(k_cache, v_cache, src_pages, dst_pages)
     torch._check(src_pages.shape == dst_pages.shape, lambda: "pyspec: src_pages and dst_pages must match")
     return None
 
 
 @torch.library.register_fake("pyspec::rotary_embedding")
 def _(x, positions, inv_freq):
+    _one_device(x, positions, inv_freq)
     torch._check(
         x.dim() == 3 and positions.shape[0] == x.shape[0], lambda: "pyspec: x must be [T, heads, dim]"
     )
@@ -304,6 +411,7 @@ def _(x, positions, inv_freq):
 
 @torch.library.register_fake("pyspec::linear")
 def _(x, weight, bias):
+    _one_device(x, weight, bias)
     torch._check(
         x.dim() == 2 and weight.dim() == 2 and x.shape[1] == weight.shape[1],
         lambda: "pyspec: linear needs x [M, K] and weight [N, K]",
@@ -313,3 +421,63 @@ def _(x, weight, bias):
         lambda: "pyspec: bias must be [N]",
     )
     return x.new_empty(x.shape[0], weight.shape[0])
+
+
+@torch.library.register_fake("pyspec::rms_norm")
+def _(x, weight, eps):
+    _one_device(x, weight)
+    torch._check(x.dim() == 2 and weight.shape == x.shape[1:], lambda: "pyspec: rms_norm needs x [T, D], weight [D]")
+    return torch.empty_like(x)
+
+
+@torch.library.register_fake("pyspec::add_rms_norm")
+def _(x, residual, weight, eps):
+    _one_device(x, residual, weight)
+    torch._check(residual.shape == x.shape, lambda: "pyspec: residual must have the shape of x")
+    return torch.empty_like(x), torch.empty_like(x)
+
+
+@torch.library.register_fake("pyspec::silu_mul")
+def _(x):
+    torch._check(x.dim() == 2 and x.shape[1] % 2 == 0, lambda: "pyspec: silu_mul needs x [T, 2I]")
+    return x.new_empty(x.shape[0], x.shape[1] // 2)
+
+
+# CUDA: the per-layer ops on a plan run as compositions of the CUDA ops (validated per call; the
+# plan-once CUDA kernels are future work), and the elementwise ops as their PyTorch references.
+
+
+@torch.library.impl("pyspec::tree_attention_run", "CUDA")
+def _(q, k_cache, v_cache, plan, scale):
+    return torch.ops.pyspec.tree_attention(q, k_cache, v_cache, *plan.metadata(), plan.tree_mask(), scale)
+
+
+@torch.library.impl("pyspec::rope_kv_append", "CUDA")
+def _(qkv, k_cache, v_cache, positions, inv_freq, plan):
+    kv_heads, head_dim = k_cache.shape[-2], k_cache.shape[-1]
+    heads = qkv.view(qkv.shape[0], -1, head_dim)
+    q, k, v = heads.split([plan.q_heads(), kv_heads, kv_heads], dim=1)
+    k = torch.ops.pyspec.rotary_embedding(k.contiguous(), positions, inv_freq)
+    torch.ops.pyspec.paged_kv_append(k_cache, v_cache, k, v.contiguous(), *plan.metadata())
+    return torch.ops.pyspec.rotary_embedding(q.contiguous(), positions, inv_freq)
+
+
+@torch.library.impl("pyspec::rms_norm", "CUDA")
+def _(x, weight, eps):
+    from pyspec import reference
+
+    return reference.rms_norm(x, weight, eps)
+
+
+@torch.library.impl("pyspec::add_rms_norm", "CUDA")
+def _(x, residual, weight, eps):
+    from pyspec import reference
+
+    return reference.add_rms_norm(x, residual, weight, eps)
+
+
+@torch.library.impl("pyspec::silu_mul", "CUDA")
+def _(x):
+    from pyspec import reference
+
+    return reference.silu_mul(x)

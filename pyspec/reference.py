@@ -109,3 +109,35 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """Reference of :func:`pyspec.ops.linear`: ``x @ weight.T + bias`` (its rows may differ in the last
     bits with M, which the op's do not)."""
     return F.linear(x, weight, bias)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Reference of :func:`pyspec.ops.rms_norm`: RMSNorm as transformers' Llama computes it (in fp32);
+    differentiable, so training uses it too."""
+    xf = x.float()
+    return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference of :func:`pyspec.ops.add_rms_norm`: ``(rms_norm(x + residual), x + residual)``."""
+    total = x + residual
+    return rms_norm(total, weight, eps), total
+
+
+def silu_mul(x: torch.Tensor) -> torch.Tensor:
+    """Reference of :func:`pyspec.ops.silu_mul`: ``silu(gate) * up`` of ``x = [gate | up]``."""
+    gate, up = x.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def rope_kv_append(qkv, k_cache, v_cache, positions, inv_freq, qo_indptr, page_table, kv_lens, q_heads):
+    """Reference of :func:`pyspec.ops.rope_kv_append` (with the plan's metadata spelled out): splits
+    ``qkv`` into heads, rotates q and k, appends k and v; returns q ``[T, q_heads, head_dim]``."""
+    kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
+    q, k, v = qkv.view(qkv.shape[0], q_heads + 2 * kv_heads, head_dim).split([q_heads, kv_heads, kv_heads], 1)
+    paged_kv_append(
+        k_cache, v_cache, rotary_embedding(k, positions, inv_freq), v, qo_indptr, page_table, kv_lens
+    )
+    return rotary_embedding(q, positions, inv_freq)

@@ -43,11 +43,6 @@ struct LinearParams {
   int64_t M, N, K;
 };
 
-// The fixed horizontal sum of an accumulator: ((v0 + v1) + (v2 + v3)) + ((v4 + v5) + (v6 + v7)).
-inline float reduce_lanes(vfloat v) {
-  return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
-}
-
 // Pairwise sums of neighbouring lanes within each 128-bit half (AVX's vhaddps):
 // [a0+a1, a2+a3, b0+b1, b2+b3, a4+a5, a6+a7, b4+b5, b6+b7].
 inline vfloat hadd(vfloat a, vfloat b) {

@@ -64,6 +64,11 @@ inline vfloat load_partial(const bf16* p, int64_t n) {
   return v;
 }
 
+// The fixed horizontal sum of an accumulator: ((v0 + v1) + (v2 + v3)) + ((v4 + v5) + (v6 + v7)).
+inline float reduce_lanes(vfloat v) {
+  return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
+}
+
 // Sum of the lanes, sequential.
 inline float hsum(vfloat v) {
   float s = 0.f;

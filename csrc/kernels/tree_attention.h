@@ -193,6 +193,13 @@ struct Partials {
   std::vector<int64_t> chunk_base;  // [T + 1] CSR offsets of each token's chunk slots
   std::vector<float> m, l, o;        // [slots * q_heads], same, [slots * q_heads * dp]
 
+  // Sizes m, l and o for chunk_base (set by plan_tree_attention); their values are written by the items.
+  void allocate(int64_t q_heads) {
+    const int64_t slots = chunk_base.back() * q_heads;
+    m.resize(slots);
+    l.resize(slots);
+    o.resize(slots * dp);
+  }
   int64_t num_chunks_of(int64_t token) const { return chunk_base[token + 1] - chunk_base[token]; }
   int64_t slot(int64_t token, int64_t chunk, int64_t q_heads, int64_t head) const {
     return (chunk_base[token] + chunk) * q_heads + head;
@@ -213,7 +220,9 @@ int64_t num_keys(const TreeAttentionParams<T>& p, int64_t b, int64_t i, int64_t 
   return p.tables.kv_lens[b] + visible;
 }
 
-// Lists the work items (skipping chunks no token of the block reaches) and sizes the partials.
+// Lists the work items (skipping chunks no token of the block reaches) and lays out the partials'
+// slots (chunk_base; Partials::allocate sizes the buffers). Reads only the tables, qo_indptr, the mask
+// and q_heads of `p`, so one plan serves every layer of a pass.
 template <typename T>
 std::vector<AttentionItem> plan_tree_attention(const TreeAttentionParams<T>& p, Partials& part) {
   std::vector<AttentionItem> items;
@@ -235,10 +244,6 @@ std::vector<AttentionItem> plan_tree_attention(const TreeAttentionParams<T>& p, 
           items.push_back({int32_t(b), int32_t(h), int32_t(c), int32_t(s), int32_t(e)});
     }
   }
-  const int64_t slots = part.chunk_base[num_tokens] * p.q_heads;
-  part.m.resize(slots);
-  part.l.resize(slots);
-  part.o.resize(slots * part.dp);
   return items;
 }
 

@@ -3,6 +3,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "attention_plan.h"
+
 // The extension is imported from Python (import pyspec._C) only for the registrations below.
 extern "C" {
 PyObject* PyInit__C(void) {
@@ -18,6 +20,14 @@ TORCH_LIBRARY(pyspec, m) {
   // Ragged attention of new tokens over their sequence's committed KV and their tree ancestors.
   m.def("tree_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor qo_indptr, Tensor page_table, "
         "Tensor kv_lens, Tensor? tree_mask, float scale) -> Tensor");
+  // Plan/run split of tree attention: validate a batch's metadata once per pass, then run every layer.
+  m.def("tree_attention_plan(Tensor k_cache, Tensor v_cache, Tensor qo_indptr, Tensor page_table, "
+        "Tensor kv_lens, Tensor? tree_mask, int q_heads) -> __torch__.torch.classes.pyspec.AttentionPlan");
+  m.def("tree_attention_run(Tensor q, Tensor k_cache, Tensor v_cache, "
+        "__torch__.torch.classes.pyspec.AttentionPlan plan, float scale) -> Tensor");
+  // After the fused q/k/v projection: rotary on q and k, k and v appended at the plan's slots; returns q.
+  m.def("rope_kv_append(Tensor qkv, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor positions, Tensor inv_freq, "
+        "__torch__.torch.classes.pyspec.AttentionPlan plan) -> Tensor");
   // Moves accepted nodes' K/V right after each committed prefix, in place; kv_lens += accepted.
   m.def("kv_compact(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor(c!) kv_lens, Tensor page_table, "
         "Tensor accept_indptr, Tensor accept_nodes) -> ()");
@@ -27,4 +37,9 @@ TORCH_LIBRARY(pyspec, m) {
   m.def("rotary_embedding(Tensor x, Tensor positions, Tensor inv_freq) -> Tensor");
   // y = x @ weight.T + bias; each output row bitwise independent of M, the other rows and the threads.
   m.def("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  // RMSNorm of each row (fixed order); add_rms_norm also returns x + residual, the new residual stream.
+  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+  m.def("add_rms_norm(Tensor x, Tensor residual, Tensor weight, float eps) -> (Tensor, Tensor)");
+  // SwiGLU's activation: x [T, 2I] = gate | up -> silu(gate) * up [T, I].
+  m.def("silu_mul(Tensor x) -> Tensor");
 }

@@ -34,7 +34,8 @@ from pyspec.drafters.base import Draft, Drafter
 from pyspec.drafters.heads import FutureHeads, HiddenTransfer
 from pyspec.drafters.model import TreeShape
 from pyspec.model_runner import ModelRunner, pages_needed
-from pyspec.models.llama import LlamaModel, rms_norm
+from pyspec.models.llama import LlamaModel
+from pyspec.ops import rms_norm
 from pyspec.sampling import SamplingParams
 
 
@@ -117,15 +118,11 @@ class FutureHeadsRunner(ModelRunner):
             [starts[b] + len(new_tokens[b]) + j for b, rs in enumerate(rows) for j in range(k * len(rs))],
             device=device,
         )
-        x, batch = torch.nn.functional.embedding(real.tokens, m.embed_tokens), real
-        for i, layer in enumerate(m.layers):
-            if i == t:
-                y = x.new_zeros(full.num_tokens, x.shape[1])
-                y[to_full] = x
-                y[pseudo] = self.heads(x[flat]).reshape(-1, x.shape[1])
-                x, batch = y, full
-            x = layer(x, batch, self.cache.k[i], self.cache.v[i], m.inv_freq)
-        x = rms_norm(x, m.norm, m.config.rms_norm_eps)
+        x = m.run_layers(real, self.cache, torch.nn.functional.embedding(real.tokens, m.embed_tokens), stop=t)[0]
+        y = x.new_zeros(full.num_tokens, x.shape[1])
+        y[to_full] = x
+        y[pseudo] = self.heads(x[flat]).reshape(-1, x.shape[1])
+        x = rms_norm(m.run_layers(full, self.cache, y, start=t)[0], m.norm, m.config.rms_norm_eps)
         return x[to_full[flat]], x[pseudo].view(len(flat), k, -1)
 
     def keep(self, keys, kept):

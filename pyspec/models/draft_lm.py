@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pyspec.models.llama import LlamaModel
+from pyspec.models.llama import LlamaModel, fuse_projections
 
 
 def save_draft_lm(
@@ -59,7 +59,8 @@ def load_draft_lm(target: LlamaModel, path: str | Path) -> LlamaModel:
         fresh = LlamaModel(replace(config, vocab_size=1))
     draft.layers = fresh.layers
     draft.layers.load_state_dict(
-        {k.removeprefix("layers."): v for k, v in state.items() if k.startswith("layers.")}, assign=True
+        fuse_projections({k.removeprefix("layers."): v for k, v in state.items() if k.startswith("layers.")}),
+        assign=True,
     )
     for layer in draft.layers:
         layer.config = config

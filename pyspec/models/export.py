@@ -23,11 +23,11 @@ def hf_state_dict(model: LlamaModel) -> dict[str, torch.Tensor]:
         prefix = f"model.layers.{i}."
         state[prefix + "input_layernorm.weight"] = layer.input_layernorm
         state[prefix + "post_attention_layernorm.weight"] = layer.post_attention_layernorm
-        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            for kind, tensor in getattr(layer, name).named_parameters():
-                state[f"{prefix}self_attn.{name}.{kind}"] = tensor
-        for name in ("gate_proj", "up_proj", "down_proj"):
-            state[f"{prefix}mlp.{name}.weight"] = getattr(layer, name).weight
+        for name, (weight, bias) in layer.projections().items():
+            group = "mlp" if name in ("gate_proj", "up_proj", "down_proj") else "self_attn"
+            state[f"{prefix}{group}.{name}.weight"] = weight
+            if bias is not None:
+                state[f"{prefix}{group}.{name}.bias"] = bias
     return state
 
 

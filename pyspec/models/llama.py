@@ -6,6 +6,7 @@ RMSNorm, rotary embeddings at explicit positions, grouped-query attention throug
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -24,10 +25,40 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return ops.linear(x, weight, bias)
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm as transformers' Llama computes it (in fp32)."""
-    xf = x.float()
-    return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+# The ops of the per-layer path, bound once: no Python wrapper, no overload lookup per call.
+_linear = torch.ops.pyspec.linear.default
+_rms_norm = torch.ops.pyspec.rms_norm.default
+_add_rms_norm = torch.ops.pyspec.add_rms_norm.default
+_silu_mul = torch.ops.pyspec.silu_mul.default
+_rope_kv_append = torch.ops.pyspec.rope_kv_append.default
+_attention = torch.ops.pyspec.tree_attention_run.default
+
+# Projections stored side by side in one weight (one matmul each): name -> (fused name, parts in order).
+FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+
+
+def fuse_projections(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Maps separate ``q_proj``/``k_proj``/``v_proj`` and ``gate_proj``/``up_proj`` weights (and biases)
+    of a state dict in pyspec's names to the fused ``qkv_proj`` and ``gate_up_proj`` the layers store
+    (concatenated along the output dimension); other keys pass through.
+
+    Example:
+        >>> s = fuse_projections({"0.gate_proj.weight": torch.zeros(2, 3), "0.up_proj.weight": torch.ones(2, 3)})
+        >>> list(s), s["0.gate_up_proj.weight"].shape
+        (['0.gate_up_proj.weight'], torch.Size([4, 3]))
+    """
+    out = dict(state)
+    for fused, parts in FUSED.items():
+        for key in [k for k in state if k.endswith(f"{parts[0]}.weight") or k.endswith(f"{parts[0]}.bias")]:
+            prefix, kind = key.removesuffix(f"{parts[0]}.weight"), "weight"
+            if key.endswith(".bias"):
+                prefix, kind = key.removesuffix(f"{parts[0]}.bias"), "bias"
+            names = [f"{prefix}{part}.{kind}" for part in parts]
+            missing = [n for n in names if n not in state]
+            if missing:
+                raise ValueError(f"cannot fuse {fused}: {missing} missing beside {key}")
+            out[f"{prefix}{fused}.{kind}"] = torch.cat([out.pop(n) for n in names])
+    return out
 
 
 @dataclass
@@ -39,7 +70,13 @@ class ForwardOutput:
 
 
 class DecoderLayer(nn.Module):
-    """One pre-norm block: attention through the paged cache, then SwiGLU."""
+    """One pre-norm block: attention through the paged cache, then SwiGLU.
+
+    The q, k and v projections are one weight ``qkv_proj`` ``[(heads + 2 kv_heads) * head_dim, hidden]``
+    and gate and up are one ``gate_up_proj`` ``[2 intermediate, hidden]``: decoding runs one matmul for
+    each. Each output element of :func:`pyspec.ops.linear` depends only on its own weight row, so the
+    fused projections give the bits of the separate ones. :meth:`projections` returns the parts as views.
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -47,34 +84,42 @@ class DecoderLayer(nn.Module):
         self.config = config
         self.input_layernorm = nn.Parameter(torch.ones(d), requires_grad=False)
         self.post_attention_layernorm = nn.Parameter(torch.ones(d), requires_grad=False)
-        self.q_proj = nn.Linear(d, h * hd, bias=config.attention_bias)
-        self.k_proj = nn.Linear(d, kv * hd, bias=config.attention_bias)
-        self.v_proj = nn.Linear(d, kv * hd, bias=config.attention_bias)
+        self.qkv_proj = nn.Linear(d, (h + 2 * kv) * hd, bias=config.attention_bias)
         self.o_proj = nn.Linear(h * hd, d, bias=False)
-        self.gate_proj = nn.Linear(d, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(d, config.intermediate_size, bias=False)
+        self.gate_up_proj = nn.Linear(d, 2 * config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, d, bias=False)
 
-    def forward(self, x, batch: StepBatch, k_cache, v_cache, inv_freq) -> torch.Tensor:
+    def projections(self) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+        """``{name: (weight, bias)}`` of the seven projections under transformers' names (q_proj, k_proj,
+        v_proj, o_proj, gate_proj, up_proj, down_proj); the fused ones as views (shared, not copied)."""
         c = self.config
-        T = x.shape[0]
-        h = rms_norm(x, self.input_layernorm, c.rms_norm_eps)
-        q = linear(h, self.q_proj.weight, self.q_proj.bias).view(T, c.num_heads, c.head_dim)
-        k = linear(h, self.k_proj.weight, self.k_proj.bias).view(T, c.num_kv_heads, c.head_dim)
-        v = linear(h, self.v_proj.weight, self.v_proj.bias).view(T, c.num_kv_heads, c.head_dim)
-        q = ops.rotary_embedding(q, batch.positions, inv_freq)
-        k = ops.rotary_embedding(k, batch.positions, inv_freq)
-        ops.paged_kv_append(
-            k_cache, v_cache, k, v.contiguous(), batch.qo_indptr, batch.page_table, batch.kv_lens
-        )
-        attn = ops.tree_attention(
-            q, k_cache, v_cache, batch.qo_indptr, batch.page_table, batch.kv_lens, batch.tree_mask
-        )  # [T, heads, head_dim]
-        x = x + linear(attn.view(T, -1), self.o_proj.weight)
-        h = rms_norm(x, self.post_attention_layernorm, c.rms_norm_eps)
-        gate = linear(h, self.gate_proj.weight)
-        up = linear(h, self.up_proj.weight)
-        return x + linear(F.silu(gate) * up, self.down_proj.weight)
+        q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+        out = {}
+        for fused, sizes in (("qkv_proj", (q, kv, kv)), ("gate_up_proj", (c.intermediate_size,) * 2)):
+            module = getattr(self, fused)
+            weights = module.weight.split(sizes)
+            biases = module.bias.split(sizes) if module.bias is not None else (None,) * len(sizes)
+            out.update(zip(FUSED[fused], zip(weights, biases, strict=True), strict=True))
+        out["o_proj"] = (self.o_proj.weight, None)
+        out["down_proj"] = (self.down_proj.weight, None)
+        return out
+
+    def forward(self, x, residual, batch: StepBatch, plan, k_cache, v_cache, inv_freq, scale: float):
+        """``x [T, hidden]``: the previous layer's output before its residual add (the embeddings, with
+        ``residual`` None, at the first layer). Returns ``(out, residual)``; the layer's output hidden
+        state is their sum, which the next layer's fused add + norm computes."""
+        eps = self.config.rms_norm_eps
+        if residual is None:
+            h, residual = _rms_norm(x, self.input_layernorm, eps), x
+        else:
+            h, residual = _add_rms_norm(x, residual, self.input_layernorm, eps)
+        qkv = _linear(h, self.qkv_proj.weight, self.qkv_proj.bias)  # [T, (heads + 2 kv_heads) * head_dim]
+        q = _rope_kv_append(qkv, k_cache, v_cache, batch.positions, inv_freq, plan)  # [T, heads, head_dim]
+        attn = _attention(q, k_cache, v_cache, plan, scale)  # [T, heads, head_dim]
+        o = _linear(attn.view(attn.shape[0], -1), self.o_proj.weight, None)
+        h, residual = _add_rms_norm(o, residual, self.post_attention_layernorm, eps)
+        gate_up = _linear(h, self.gate_up_proj.weight, None)  # [T, 2 intermediate]
+        return _linear(_silu_mul(gate_up), self.down_proj.weight, None), residual
 
 
 class LlamaModel(nn.Module):
@@ -177,17 +222,45 @@ class LlamaModel(nn.Module):
         ``hidden_layers``: layer indices whose output hidden states to return ([T, hidden]); -1 is
         the final normalised hidden state (the head's input).
         """
-        x = F.embedding(batch.tokens, self.embed_tokens)  # [T, hidden]
-        hidden = {}
-        for i, layer in enumerate(self.layers):
-            x = layer(x, batch, cache.k[i], cache.v[i], self.inv_freq)
-            if i in hidden_layers:
-                hidden[i] = x
-        x = rms_norm(x, self.norm, self.config.rms_norm_eps)
+        embedded = F.embedding(batch.tokens, self.embed_tokens)  # [T, hidden]
+        x, hidden = self.run_layers(batch, cache, embedded, hidden_layers=hidden_layers)
+        x = _rms_norm(x, self.norm, self.config.rms_norm_eps)
         if -1 in hidden_layers:
             hidden[-1] = x
         rows = batch.last_rows() if logits_rows is None else logits_rows
         return ForwardOutput(logits=self.head(x[rows]), hidden=hidden)
+
+    def run_layers(
+        self,
+        batch: StepBatch,
+        cache: PagedKVCache,
+        x: torch.Tensor,
+        start: int = 0,
+        stop: int | None = None,
+        hidden_layers: tuple[int, ...] = (),
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Runs layers ``[start, stop)`` on the hidden states ``x [T, hidden]`` of ``batch``'s new tokens,
+        writing their K/V; returns the output hidden states ``[T, hidden]`` (before the final norm) and
+        ``{layer: [T, hidden]}`` after the layers in ``hidden_layers``.
+
+        The batch's attention metadata is validated and planned once here
+        (:func:`pyspec.ops.plan_tree_attention`); every layer then runs on the plan.
+        """
+        c = self.config
+        plan = ops.plan_tree_attention(
+            cache.k, cache.v, batch.qo_indptr, batch.page_table, batch.kv_lens, batch.tree_mask, c.num_heads
+        )
+        scale = 1.0 / math.sqrt(c.head_dim)
+        pools = cache.layers()
+        residual, hidden = None, {}
+        for i in range(start, len(self.layers) if stop is None else stop):
+            k_cache, v_cache = pools[i]
+            x, residual = self.layers[i](x, residual, batch, plan, k_cache, v_cache, self.inv_freq, scale)
+            if i in hidden_layers:
+                hidden[i] = x + residual
+        if residual is not None:
+            x = x + residual
+        return x, hidden
 
     def load_hf_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Loads weights named as in transformers' LlamaForCausalLM / Qwen2ForCausalLM."""
@@ -200,6 +273,7 @@ class LlamaModel(nn.Module):
             ours[key] = tensor
         if self.lm_head is None:
             ours.pop("lm_head", None)
+        ours = fuse_projections(ours)
         missing, unexpected = self.load_state_dict(ours, strict=False, assign=True)
         if missing or unexpected:
             raise ValueError(

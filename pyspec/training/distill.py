@@ -21,7 +21,8 @@ from torch import nn
 from tqdm import tqdm
 
 from pyspec.drafters.heads import FutureHeads, HiddenTransfer, MedusaHeads
-from pyspec.models.llama import LlamaModel, rms_norm
+from pyspec.models.llama import LlamaModel
+from pyspec.reference import rms_norm
 from pyspec.training.functional import attend, causal_layers, finish, project
 from pyspec.training.teacher import TeacherData
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pyspec.models.llama import DecoderLayer, rms_norm
-from pyspec.reference import rotary_embedding
+from pyspec.models.llama import DecoderLayer
+from pyspec.reference import rms_norm, rotary_embedding
 
 
 def project(layer: DecoderLayer, x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor):
@@ -19,10 +19,11 @@ def project(layer: DecoderLayer, x: torch.Tensor, positions: torch.Tensor, inv_f
     ``q [B, heads, T, hd]``, ``k, v [B, kv_heads, T, hd]``."""
     c = layer.config
     B, T, _ = x.shape
+    proj = layer.projections()
     h = rms_norm(x, layer.input_layernorm, c.rms_norm_eps)
-    q = F.linear(h, layer.q_proj.weight, layer.q_proj.bias).view(B * T, c.num_heads, c.head_dim)
-    k = F.linear(h, layer.k_proj.weight, layer.k_proj.bias).view(B * T, c.num_kv_heads, c.head_dim)
-    v = F.linear(h, layer.v_proj.weight, layer.v_proj.bias).view(B, T, c.num_kv_heads, c.head_dim)
+    q = F.linear(h, *proj["q_proj"]).view(B * T, c.num_heads, c.head_dim)
+    k = F.linear(h, *proj["k_proj"]).view(B * T, c.num_kv_heads, c.head_dim)
+    v = F.linear(h, *proj["v_proj"]).view(B, T, c.num_kv_heads, c.head_dim)
     pos = positions.repeat(B)
     q = rotary_embedding(q, pos, inv_freq).view(B, T, c.num_heads, c.head_dim)
     k = rotary_embedding(k, pos, inv_freq).view(B, T, c.num_kv_heads, c.head_dim)
@@ -42,10 +43,8 @@ def finish(layer: DecoderLayer, x: torch.Tensor, attn: torch.Tensor) -> torch.Te
     c = layer.config
     x = x + F.linear(attn, layer.o_proj.weight)
     h = rms_norm(x, layer.post_attention_layernorm, c.rms_norm_eps)
-    return x + F.linear(
-        F.silu(F.linear(h, layer.gate_proj.weight)) * F.linear(h, layer.up_proj.weight),
-        layer.down_proj.weight,
-    )
+    gate, up = layer.projections()["gate_proj"][0], layer.projections()["up_proj"][0]
+    return x + F.linear(F.silu(F.linear(h, gate)) * F.linear(h, up), layer.down_proj.weight)
 
 
 def causal_layers(

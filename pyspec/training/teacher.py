@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from pyspec.models.llama import LlamaModel, rms_norm
+from pyspec.models.llama import LlamaModel
+from pyspec.reference import rms_norm
 from pyspec.training.functional import causal_layers
 from pyspec.training.sharegpt import Conversation, conversations
 

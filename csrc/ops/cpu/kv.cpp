@@ -3,6 +3,7 @@
 #include <torch/library.h>
 
 #include "../../kernels/paged_kv.h"
+#include "../attention_plan.h"
 #include "../checks.h"
 #include "../kv_checks.h"
 #include "dispatch.h"
@@ -71,9 +72,37 @@ at::Tensor rotary_embedding_cpu(const at::Tensor& x, const at::Tensor& positions
   return out;
 }
 
+at::Tensor rope_kv_append_cpu(const at::Tensor& qkv, at::Tensor& k_cache, at::Tensor& v_cache,
+                              const at::Tensor& positions, const at::Tensor& inv_freq,
+                              const c10::intrusive_ptr<AttentionPlan>& plan) {
+  plan->check_pool(k_cache, v_cache, "rope_kv_append");
+  const PagedKV& kv = plan->kv;
+  const int64_t T = plan->num_tokens, H = plan->q_heads, d = kv.head_dim;
+  check_same_device(k_cache, qkv, "qkv");
+  TORCH_CHECK(qkv.scalar_type() == k_cache.scalar_type(), "pyspec: qkv dtype ", qkv.scalar_type(),
+              " must match the KV cache dtype ", k_cache.scalar_type());
+  TORCH_CHECK(qkv.dim() == 2 && qkv.size(0) == T && qkv.size(1) == (H + 2 * kv.kv_heads) * d,
+              "pyspec: qkv must be [num_tokens = ", T, ", (q_heads + 2 kv_heads) * head_dim = ",
+              (H + 2 * kv.kv_heads) * d, "], got ", shape_str(qkv));
+  TORCH_CHECK(qkv.is_contiguous(), "pyspec: qkv must be contiguous");
+  check_rotary(qkv.view({T, H + 2 * kv.kv_heads, d}), positions, inv_freq);
+  at::Tensor q = at::empty({T, H, d}, qkv.options());
+  const PageTables pt = plan->host.tables();
+  dispatch_cpu_dtype(k_cache.scalar_type(), [&](auto tag) {
+    using T_ = decltype(tag);
+    at::parallel_for(0, T, 8, [&](int64_t b, int64_t e) {
+      cpu::rope_kv_append<T_>(kv, pt, plan->host.qo_indptr.data_ptr<int32_t>(), plan->token_seq.data(), ptr<T_>(qkv),
+                              positions.data_ptr<int64_t>(), inv_freq.data_ptr<float>(), H, ptr<T_>(q),
+                              ptr<T_>(k_cache), ptr<T_>(v_cache), b, e);
+    });
+  });
+  return q;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pyspec, CPU, m) {
+  m.impl("rope_kv_append", &rope_kv_append_cpu);
   m.impl("paged_kv_append", &paged_kv_append_cpu);
   m.impl("kv_compact", &kv_compact_cpu);
   m.impl("copy_pages", &copy_pages_cpu);
