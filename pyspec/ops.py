@@ -228,7 +228,26 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return torch.ops.pyspec.linear(x, weight, bias)
 
 
-AttentionPlan = torch.ScriptObject  # a torch.classes.pyspec.AttentionPlan (opaque)
+class AttentionPlan:
+    """A batch's validated attention plan (from :func:`plan_tree_attention`), held by its handle in
+    the extension; released when this object is garbage collected. ``handle`` is what the per-layer
+    ops take; ``num_tokens`` and ``q_heads`` are the sizes it was made for."""
+
+    __slots__ = ("handle", "num_tokens", "q_heads")
+
+    def __init__(self, handle: int) -> None:
+        self.handle = handle
+        self.num_tokens, self.q_heads = torch.ops.pyspec.tree_attention_plan_shape(handle)
+
+    def metadata(self):
+        """Copies of the validated ``(qo_indptr, page_table, kv_lens, tree_mask)``."""
+        return torch.ops.pyspec.tree_attention_plan_metadata(self.handle)
+
+    def __del__(self) -> None:
+        torch.ops.pyspec.tree_attention_release(self.handle)
+
+    def __repr__(self) -> str:
+        return f"AttentionPlan(num_tokens={self.num_tokens}, q_heads={self.q_heads})"
 
 
 def plan_tree_attention(
@@ -253,11 +272,11 @@ def plan_tree_attention(
         >>> plan = plan_tree_attention(kc, vc, torch.tensor([0, 2], dtype=torch.int32),
         ...                            torch.tensor([[1, 0]], dtype=torch.int32),
         ...                            torch.tensor([20], dtype=torch.int32), None, q_heads=3)
-        >>> plan.num_tokens()
+        >>> plan.num_tokens
         2
     """
-    return torch.ops.pyspec.tree_attention_plan(
-        k_cache, v_cache, qo_indptr, page_table, kv_lens, tree_mask, q_heads
+    return AttentionPlan(
+        torch.ops.pyspec.tree_attention_plan(k_cache, v_cache, qo_indptr, page_table, kv_lens, tree_mask, q_heads)
     )
 
 
@@ -269,7 +288,7 @@ def run_tree_attention(
     scale: float | None = None,
 ) -> torch.Tensor:
     """:func:`tree_attention` of one layer on a plan from :func:`plan_tree_attention`: the same bits,
-    without re-validating the metadata. ``q``: ``[plan.num_tokens(), q_heads, head_dim]``; the pools
+    without re-validating the metadata. ``q``: ``[plan.num_tokens, q_heads, head_dim]``; the pools
     must have the plan's geometry, dtype and device.
 
     Example:
@@ -282,7 +301,7 @@ def run_tree_attention(
     """
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
-    return torch.ops.pyspec.tree_attention_run(q, k_cache, v_cache, plan, scale)
+    return torch.ops.pyspec.tree_attention_run(q, k_cache, v_cache, plan.handle, scale)
 
 
 def rope_kv_append(
@@ -309,7 +328,7 @@ def rope_kv_append(
         >>> q.shape, torch.equal(vc[0, 3, 0], qkv[0, 24:])
         (torch.Size([1, 2, 8]), True)
     """
-    return torch.ops.pyspec.rope_kv_append(qkv, k_cache, v_cache, positions, inv_freq, plan)
+    return torch.ops.pyspec.rope_kv_append(qkv, k_cache, v_cache, positions, inv_freq, plan.handle)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -423,6 +442,19 @@ def _(x, weight, bias):
     return x.new_empty(x.shape[0], weight.shape[0])
 
 
+@torch.library.register_fake("pyspec::tree_attention_run")
+def _(q, k_cache, v_cache, plan, scale):
+    _one_device(q, k_cache, v_cache)
+    return torch.empty_like(q)
+
+
+@torch.library.register_fake("pyspec::rope_kv_append")
+def _(qkv, k_cache, v_cache, positions, inv_freq, plan):
+    _one_device(qkv, k_cache, v_cache, positions, inv_freq)
+    kv_heads, head_dim = k_cache.shape[-2], k_cache.shape[-1]
+    return qkv.new_empty(qkv.shape[0], qkv.shape[1] // head_dim - 2 * kv_heads, head_dim)
+
+
 @torch.library.register_fake("pyspec::rms_norm")
 def _(x, weight, eps):
     _one_device(x, weight)
@@ -449,16 +481,20 @@ def _(x):
 
 @torch.library.impl("pyspec::tree_attention_run", "CUDA")
 def _(q, k_cache, v_cache, plan, scale):
-    return torch.ops.pyspec.tree_attention(q, k_cache, v_cache, *plan.metadata(), plan.tree_mask(), scale)
+    return torch.ops.pyspec.tree_attention(
+        q, k_cache, v_cache, *torch.ops.pyspec.tree_attention_plan_metadata(plan), scale
+    )
 
 
 @torch.library.impl("pyspec::rope_kv_append", "CUDA")
 def _(qkv, k_cache, v_cache, positions, inv_freq, plan):
     kv_heads, head_dim = k_cache.shape[-2], k_cache.shape[-1]
     heads = qkv.view(qkv.shape[0], -1, head_dim)
-    q, k, v = heads.split([plan.q_heads(), kv_heads, kv_heads], dim=1)
+    qo_indptr, page_table, kv_lens, _ = torch.ops.pyspec.tree_attention_plan_metadata(plan)
+    q_heads = heads.shape[1] - 2 * kv_heads
+    q, k, v = heads.split([q_heads, kv_heads, kv_heads], dim=1)
     k = torch.ops.pyspec.rotary_embedding(k.contiguous(), positions, inv_freq)
-    torch.ops.pyspec.paged_kv_append(k_cache, v_cache, k, v.contiguous(), *plan.metadata())
+    torch.ops.pyspec.paged_kv_append(k_cache, v_cache, k, v.contiguous(), qo_indptr, page_table, kv_lens)
     return torch.ops.pyspec.rotary_embedding(q.contiguous(), positions, inv_freq)
 
 

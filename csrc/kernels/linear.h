@@ -43,23 +43,6 @@ struct LinearParams {
   int64_t M, N, K;
 };
 
-// Pairwise sums of neighbouring lanes within each 128-bit half (AVX's vhaddps):
-// [a0+a1, a2+a3, b0+b1, b2+b3, a4+a5, a6+a7, b4+b5, b6+b7].
-inline vfloat hadd(vfloat a, vfloat b) {
-#if defined(__AVX__)
-  return reinterpret_cast<vfloat>(_mm256_hadd_ps(reinterpret_cast<__m256>(a), reinterpret_cast<__m256>(b)));
-#else
-  return __builtin_shufflevector(a, b, 0, 2, 8, 10, 4, 6, 12, 14) +
-         __builtin_shufflevector(a, b, 1, 3, 9, 11, 5, 7, 13, 15);
-#endif
-}
-
-// reduce_lanes of four accumulators at once: the same additions in the same order.
-inline void reduce_lanes4(vfloat a0, vfloat a1, vfloat a2, vfloat a3, float* out) {
-  const vfloat h = hadd(hadd(a0, a1), hadd(a2, a3));  // reduce_lanes(a_i) = h[i] + h[i + 4]
-  for (int i = 0; i < 4; ++i) out[i] = h[i] + h[i + 4];
-}
-
 // Software prefetch of the weight rows that come next, spread evenly over the k steps of the
 // micro-kernels: `rate` cache lines per step in 16.16 fixed point, from `at` up to `end`.
 struct Prefetch {

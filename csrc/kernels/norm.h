@@ -30,22 +30,6 @@ inline vfloat round_to(vfloat v) {
   }
 }
 
-template <typename T>
-inline vfloat load_n(const T* p, int64_t n) {
-  return n >= kLanes ? load(p) : load_partial(p, n);
-}
-
-template <typename T>
-inline void store_n(T* p, vfloat v, int64_t n) {
-  for (int i = 0; i < kLanes && i < n; ++i) p[i] = from_float<T>(v[i]);
-}
-template <>
-inline void store_n<float>(float* p, vfloat v, int64_t n) {
-  if (n >= kLanes) store(p, v);
-  else
-    for (int i = 0; i < n; ++i) p[i] = v[i];
-}
-
 // out[r] = rms_norm(x[r] (+ residual[r])) * weight for rows [begin, end) of width D; with a residual,
 // sum[r] = x[r] + residual[r] (the new residual stream) is written too. residual and sum may be null.
 template <typename T>

@@ -69,6 +69,40 @@ inline float reduce_lanes(vfloat v) {
   return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
 }
 
+// Pairwise sums of neighbouring lanes within each 128-bit half (AVX's vhaddps):
+// [a0+a1, a2+a3, b0+b1, b2+b3, a4+a5, a6+a7, b4+b5, b6+b7].
+inline vfloat hadd(vfloat a, vfloat b) {
+#if defined(__AVX__)
+  return reinterpret_cast<vfloat>(_mm256_hadd_ps(reinterpret_cast<__m256>(a), reinterpret_cast<__m256>(b)));
+#else
+  return __builtin_shufflevector(a, b, 0, 2, 8, 10, 4, 6, 12, 14) +
+         __builtin_shufflevector(a, b, 1, 3, 9, 11, 5, 7, 13, 15);
+#endif
+}
+
+// reduce_lanes of four accumulators at once: the same additions in the same order.
+inline void reduce_lanes4(vfloat a0, vfloat a1, vfloat a2, vfloat a3, float* out) {
+  const vfloat h = hadd(hadd(a0, a1), hadd(a2, a3));  // reduce_lanes(a_i) = h[i] + h[i + 4]
+  for (int i = 0; i < 4; ++i) out[i] = h[i] + h[i + 4];
+}
+
+// The first min(n, kLanes) values at p (n >= 1), the other lanes zero; and the matching store.
+template <typename T>
+inline vfloat load_n(const T* p, int64_t n) {
+  return n >= kLanes ? load(p) : load_partial(p, n);
+}
+
+template <typename T>
+inline void store_n(T* p, vfloat v, int64_t n) {
+  for (int i = 0; i < kLanes && i < n; ++i) p[i] = from_float<T>(v[i]);
+}
+template <>
+inline void store_n<float>(float* p, vfloat v, int64_t n) {
+  if (n >= kLanes) store(p, v);
+  else
+    for (int i = 0; i < n; ++i) p[i] = v[i];
+}
+
 // Sum of the lanes, sequential.
 inline float hsum(vfloat v) {
   float s = 0.f;

@@ -15,6 +15,9 @@
 // softmax state per row (all query heads of the GQA group of each token) and writes a partial
 // (max, sum, output); a second pass merges each row's chunks in order.
 //
+// Keys and values are read in place from their pages through row pointers: decoding one token is
+// bound by streaming the sequence's K/V once (a copy into transposed tiles cost 3-5x that).
+//
 // Napkin math (2 AVX2 cores, fp32, ~190 GFLOP/s peak): a 64-token tree over 4096 keys with 9 query
 // heads of dim 64 is 0.6 GFLOP, so the floor is ~3 ms; K/V reads (6 MB) are ~0.5 ms at 12 GB/s.
 #pragma once
@@ -59,28 +62,36 @@ inline vfloat exp2_neg(vfloat x) {
 }
 inline float exp2_neg(float x) { return exp2_neg(splat(x))[0]; }
 
-// Micro-kernels are sized for 16 vector registers (AVX2): RB broadcasts + 1 load + RB x NV accumulators.
+// The tile's keys and values are read in place from the cache through row pointers (no gather, no
+// transposition): krow[j], vrow[j] point at key j's head_dim values.
 
-// S[r][0:kTile] = Q[r] . Kt[:, 0:kTile] for RB rows; per element the sum runs over d in order, so
-// the result does not depend on RB.
-template <int RB>
-inline void scores_block(const float* Q, int64_t dp, const float* Kt, float* S) {
-  vfloat acc[RB][kTileVecs] = {};
-  for (int64_t d = 0; d < dp; ++d) {
-    vfloat q[RB];
-    for (int r = 0; r < RB; ++r) q[r] = splat(Q[r * dp + d]);
-    for (int v = 0; v < kTileVecs; ++v) {
-      const vfloat k = load(Kt + d * kTile + v * kLanes);
-      for (int r = 0; r < RB; ++r) acc[r][v] += q[r] * k;
+// S[r][j] = Q[r] . K_j for `rows` rows and the tile's `count` keys. Each score is one dot product over
+// d in lane d % kLanes (fused multiply-adds, the last partial vector zero-padded), then reduce_lanes:
+// it depends only on q and k, never on how many rows or keys share the call.
+template <typename T>
+inline void scores_rows(const float* Q, int64_t rows, int64_t dp, int64_t d, const T* const* krow, int count,
+                        float* S) {
+  for (int j0 = 0; j0 < count; j0 += 4) {
+    const T* k[4];
+    for (int j = 0; j < 4; ++j) k[j] = krow[std::min(j0 + j, count - 1)];  // a short group repeats its last key
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* q = Q + r * dp;
+      vfloat acc[4] = {};
+      for (int64_t c = 0; c < d; c += kLanes) {
+        const vfloat qv = load(q + c);  // Q is zero-padded to dp
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) acc[j] = fmadd(load_n(k[j] + c, d - c), qv, acc[j]);
+      }
+      float s[4];
+      reduce_lanes4(acc[0], acc[1], acc[2], acc[3], s);
+      for (int j = 0; j < 4 && j0 + j < count; ++j) S[r * kTile + j0 + j] = s[j];
     }
   }
-  for (int r = 0; r < RB; ++r)
-    for (int v = 0; v < kTileVecs; ++v) store(S + r * kTile + v * kLanes, acc[r][v]);
 }
 
-// O[r] += sum_{j < count} P[r][j] V[j] for RB rows, over head-dim columns [c0, c0 + kLanes * NV).
-template <int RB, int NV>
-inline void pv_block(const float* P, const float* V, int64_t dp, int count, int64_t c0, float* O) {
+// O[r] += sum_{j < count} P[r][j] V_j for RB rows, over head-dim columns [c0, c0 + kLanes * NV).
+template <int RB, int NV, typename T>
+inline void pv_block(const float* P, const T* const* vrow, int64_t dp, int64_t d, int count, int64_t c0, float* O) {
   vfloat acc[RB][NV];
   for (int r = 0; r < RB; ++r)
     for (int v = 0; v < NV; ++v) acc[r][v] = load(O + r * dp + c0 + v * kLanes);
@@ -88,7 +99,8 @@ inline void pv_block(const float* P, const float* V, int64_t dp, int count, int6
     vfloat p[RB];
     for (int r = 0; r < RB; ++r) p[r] = splat(P[r * kTile + j]);
     for (int v = 0; v < NV; ++v) {
-      const vfloat x = load(V + j * dp + c0 + v * kLanes);
+      const int64_t c = c0 + v * kLanes;
+      const vfloat x = load_n(vrow[j] + c, d - c);
       for (int r = 0; r < RB; ++r) acc[r][v] += p[r] * x;
     }
   }
@@ -96,11 +108,11 @@ inline void pv_block(const float* P, const float* V, int64_t dp, int count, int6
     for (int v = 0; v < NV; ++v) store(O + r * dp + c0 + v * kLanes, acc[r][v]);
 }
 
-template <int RB>
-inline void pv_rows(const float* P, const float* V, int64_t dp, int count, float* O) {
+template <int RB, typename T>
+inline void pv_rows(const float* P, const T* const* vrow, int64_t dp, int64_t d, int count, float* O) {
   int64_t c = 0;
-  for (; c + 4 * kLanes <= dp; c += 4 * kLanes) pv_block<RB, 4>(P, V, dp, count, c, O);
-  for (; c < dp; c += kLanes) pv_block<RB, 1>(P, V, dp, count, c, O);
+  for (; c + 4 * kLanes <= dp; c += 4 * kLanes) pv_block<RB, 4>(P, vrow, dp, d, count, c, O);
+  for (; c < dp; c += kLanes) pv_block<RB, 1>(P, vrow, dp, d, count, c, O);
 }
 
 // Online-softmax state of `rows` query rows; Q is pre-scaled by softmax_scale * log2(e).
@@ -119,16 +131,16 @@ struct RowsState {
   }
 };
 
-// Attends rows [r0, r0 + nr) of `st` to one tile: Kt [dp, kTile] (keys transposed), V [kTile, dp];
-// row r sees the first counts[r] keys of the tile (0 = the tile is not in its list).
-inline void attend_tile(RowsState& st, int64_t r0, int64_t nr, const int* counts, const float* Kt,
-                        const float* V) {
+// Attends rows [r0, r0 + nr) of `st` to one tile of `tile_keys` keys (row pointers krow, vrow, head_dim
+// d); row r sees the first counts[r] keys of the tile (0 = the tile is not in its list).
+template <typename T>
+inline void attend_tile(RowsState& st, int64_t r0, int64_t nr, const int* counts, const T* const* krow,
+                        const T* const* vrow, int tile_keys, int64_t d) {
   const int64_t dp = st.dp;
   float* S = st.S.data() + r0 * kTile;
   const float* Q = st.Q.data() + r0 * dp;
+  scores_rows(Q, nr, dp, d, krow, tile_keys, S);
   int64_t r = 0;
-  for (; r + 3 <= nr; r += 3) scores_block<3>(Q + r * dp, dp, Kt, S + r * kTile);
-  for (; r < nr; ++r) scores_block<1>(Q + r * dp, dp, Kt, S + r * kTile);
 
   const float neg_inf = -std::numeric_limits<float>::infinity();
   int max_count = 0;
@@ -161,8 +173,8 @@ inline void attend_tile(RowsState& st, int64_t r0, int64_t nr, const int* counts
   }
   // Rows whose list ends earlier have p = 0 past their count: adding 0 * V leaves them unchanged.
   float* O = st.O.data() + r0 * dp;
-  for (r = 0; r + 3 <= nr; r += 3) pv_rows<3>(S + r * kTile, V, dp, max_count, O + r * dp);
-  for (; r < nr; ++r) pv_rows<1>(S + r * kTile, V, dp, max_count, O + r * dp);
+  for (r = 0; r + 3 <= nr; r += 3) pv_rows<3>(S + r * kTile, vrow, dp, d, max_count, O + r * dp);
+  for (; r < nr; ++r) pv_rows<1>(S + r * kTile, vrow, dp, d, max_count, O + r * dp);
 }
 
 // Everything one tree-attention call needs, as raw pointers.
@@ -247,26 +259,21 @@ std::vector<AttentionItem> plan_tree_attention(const TreeAttentionParams<T>& p, 
   return items;
 }
 
-// Gathers logical keys [x0, x0 + count) of a sequence into Kt [dp, kTile] and V [kTile, dp];
-// slot_of(x) maps a logical index to its cache slot.
+// Row pointers of logical keys [x0, x0 + count) of a sequence's kv head `head` into the caches;
+// slot_of(x) maps a logical index to its cache slot. The rows are prefetched: the tile's first use
+// waits on DRAM latency once rather than once per key.
 template <typename T, typename SlotOf>
-void gather_tile(const TreeAttentionParams<T>& p, int64_t seq, int64_t head, int64_t x0, int count,
-                 int64_t dp, SlotOf slot_of, float* Kt, float* V) {
-  const int64_t d = p.kv.head_dim;
-  constexpr int kAhead = 8;  // keys prefetched ahead: the gather is bound by DRAM latency when decoding
+void tile_rows(const TreeAttentionParams<T>& p, int64_t seq, int64_t head, int64_t x0, int count, SlotOf slot_of,
+               const T** krow, const T** vrow) {
+  const int64_t bytes = p.kv.head_dim * int64_t(sizeof(T));
   for (int j = 0; j < count; ++j) {
-    if (j + kAhead < count) {
-      const int64_t ahead = p.tables.offset(p.kv, seq, slot_of(x0 + j + kAhead), head);
-      for (int64_t c = 0; c < d * int64_t(sizeof(T)); c += 64) {
-        __builtin_prefetch(reinterpret_cast<const char*>(p.k_cache + ahead) + c);
-        __builtin_prefetch(reinterpret_cast<const char*>(p.v_cache + ahead) + c);
-      }
-    }
     const int64_t off = p.tables.offset(p.kv, seq, slot_of(x0 + j), head);
-    const T* k = p.k_cache + off;
-    const T* v = p.v_cache + off;
-    for (int64_t c = 0; c < d; ++c) Kt[c * kTile + j] = to_float(k[c]);
-    for (int64_t c = 0; c < d; ++c) V[j * dp + c] = to_float(v[c]);
+    krow[j] = p.k_cache + off;
+    vrow[j] = p.v_cache + off;
+    for (int64_t c = 0; c < bytes; c += 64) {
+      __builtin_prefetch(reinterpret_cast<const char*>(krow[j]) + c);
+      __builtin_prefetch(reinterpret_cast<const char*>(vrow[j]) + c);
+    }
   }
 }
 
@@ -298,14 +305,15 @@ void run_attention_item(const TreeAttentionParams<T>& p, const AttentionItem& it
       for (int64_t c = 0; c < d; ++c) dst[c] = to_float(q[c]) * qscale;
     }
 
-  std::vector<float> Kt(dp * kTile, 0.f), V(kTile * dp, 0.f);
+  const T* krow[kTile];
+  const T* vrow[kTile];
   std::vector<int> counts(st.rows);
   const int64_t x_begin = int64_t(it.chunk) * kChunk;
   const int64_t x_end = x_begin + kChunk;
   auto identity = [](int64_t x) { return x; };
 
   if (p.mask == nullptr) {
-    // Causal: logical index == slot; token i sees slots [0, L + i]. One gather per tile serves all.
+    // Causal: logical index == slot; token i sees slots [0, L + i]. One tile of rows serves all.
     const int64_t last = std::min(x_end, L + (it.token_end - t_seq));  // exclusive
     for (int64_t x0 = x_begin; x0 < last; x0 += kTile) {
       for (int64_t t = 0; t < tokens; ++t) {
@@ -314,16 +322,16 @@ void run_attention_item(const TreeAttentionParams<T>& p, const AttentionItem& it
         std::fill(counts.begin() + t * group, counts.begin() + (t + 1) * group, c);
       }
       const int count = int(std::min<int64_t>(kTile, last - x0));
-      gather_tile(p, seq, it.kv_head, x0, count, dp, identity, Kt.data(), V.data());
-      attend_tile(st, 0, st.rows, counts.data(), Kt.data(), V.data());
+      tile_rows(p, seq, it.kv_head, x0, count, identity, krow, vrow);
+      attend_tile(st, 0, st.rows, counts.data(), krow, vrow, count, d);
     }
   } else {
     // Tree: tiles wholly inside the committed prefix are shared; the rest is per token.
     const int64_t shared_end = std::min(x_end, L / kTile * kTile);
     std::fill(counts.begin(), counts.end(), kTile);
     for (int64_t x0 = x_begin; x0 < shared_end; x0 += kTile) {
-      gather_tile(p, seq, it.kv_head, x0, kTile, dp, identity, Kt.data(), V.data());
-      attend_tile(st, 0, st.rows, counts.data(), Kt.data(), V.data());
+      tile_rows(p, seq, it.kv_head, x0, kTile, identity, krow, vrow);
+      attend_tile(st, 0, st.rows, counts.data(), krow, vrow, kTile, d);
     }
     std::vector<int32_t> vis;
     for (int64_t t = 0; t < tokens; ++t) {
@@ -333,8 +341,8 @@ void run_attention_item(const TreeAttentionParams<T>& p, const AttentionItem& it
       for (int64_t x0 = std::max(x_begin, shared_end); x0 < last; x0 += kTile) {
         const int count = int(std::min<int64_t>(kTile, last - x0));
         std::fill(counts.begin() + t * group, counts.begin() + (t + 1) * group, count);
-        gather_tile(p, seq, it.kv_head, x0, count, dp, slot_of, Kt.data(), V.data());
-        attend_tile(st, t * group, group, counts.data() + t * group, Kt.data(), V.data());
+        tile_rows(p, seq, it.kv_head, x0, count, slot_of, krow, vrow);
+        attend_tile(st, t * group, group, counts.data() + t * group, krow, vrow, count, d);
       }
     }
   }

@@ -5,26 +5,42 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <mutex>
+#include <random>
+#include <tuple>
+#include <unordered_map>
 
 namespace pyspec {
 
-bool register_attention_plan_class() {
-  using Plan = c10::intrusive_ptr<AttentionPlan>;
-  static const auto cls = torch::class_<AttentionPlan>("pyspec", "AttentionPlan")
-                              .def("num_tokens", [](const Plan& self) { return self->num_tokens; })
-                              .def("q_heads", [](const Plan& self) { return self->q_heads; })
-                              .def("metadata",
-                                   [](const Plan& self) {
-                                     return std::make_tuple(self->qo_indptr, self->page_table, self->kv_lens);
-                                   })
-                              .def("tree_mask", [](const Plan& self) -> std::optional<at::Tensor> {
-                                if (self->tree_mask.defined()) return self->tree_mask;
-                                return std::nullopt;
-                              });
-  return true;
+namespace {
+
+std::mutex registry_mutex;
+std::unordered_map<int64_t, std::shared_ptr<const AttentionPlan>>& registry() {
+  static auto* plans = new std::unordered_map<int64_t, std::shared_ptr<const AttentionPlan>>();
+  return *plans;
 }
 
-c10::intrusive_ptr<AttentionPlan> make_attention_plan(const at::Tensor& k_cache, const at::Tensor& v_cache,
+int64_t register_plan(std::shared_ptr<const AttentionPlan> plan) {
+  static std::mt19937_64 rng{std::random_device{}()};
+  const std::lock_guard<std::mutex> lock(registry_mutex);
+  int64_t handle;
+  do handle = int64_t(rng() >> 1);
+  while (handle == 0 || registry().count(handle));
+  registry().emplace(handle, std::move(plan));
+  return handle;
+}
+
+}  // namespace
+
+std::shared_ptr<const AttentionPlan> find_plan(int64_t handle) {
+  const std::lock_guard<std::mutex> lock(registry_mutex);
+  const auto it = registry().find(handle);
+  TORCH_CHECK(it != registry().end(), "pyspec: attention plan ", handle,
+              " is unknown or was released (make one with pyspec.ops.plan_tree_attention)");
+  return it->second;
+}
+
+std::shared_ptr<AttentionPlan> make_attention_plan(const at::Tensor& k_cache, const at::Tensor& v_cache,
                                                       const at::Tensor& qo_indptr, const at::Tensor& page_table,
                                                       const at::Tensor& kv_lens,
                                                       const std::optional<at::Tensor>& tree_mask, int64_t q_heads) {
@@ -40,7 +56,7 @@ c10::intrusive_ptr<AttentionPlan> make_attention_plan(const at::Tensor& k_cache,
   const int64_t num_tokens = host_copy(qo_indptr).data_ptr<int32_t>()[qo_indptr.size(0) - 1];
   TORCH_CHECK(num_tokens >= 0, "pyspec: qo_indptr[-1] = ", num_tokens, " is negative");
 
-  auto plan = c10::make_intrusive<AttentionPlan>();
+  auto plan = std::make_shared<AttentionPlan>();
   plan->kv = kv;
   plan->dtype = k_cache.scalar_type();
   plan->device = k_cache.device();
@@ -78,6 +94,40 @@ c10::intrusive_ptr<AttentionPlan> make_attention_plan(const at::Tensor& k_cache,
   return plan;
 }
 
-TORCH_LIBRARY_IMPL(pyspec, CompositeExplicitAutograd, m) { m.impl("tree_attention_plan", &make_attention_plan); }
+namespace {
+
+int64_t tree_attention_plan(const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& qo_indptr,
+                            const at::Tensor& page_table, const at::Tensor& kv_lens,
+                            const std::optional<at::Tensor>& tree_mask, int64_t q_heads) {
+  return register_plan(make_attention_plan(k_cache, v_cache, qo_indptr, page_table, kv_lens, tree_mask, q_heads));
+}
+
+void tree_attention_release(int64_t handle) {
+  const std::lock_guard<std::mutex> lock(registry_mutex);
+  registry().erase(handle);  // releasing twice is harmless
+}
+
+std::tuple<int64_t, int64_t> tree_attention_plan_shape(int64_t handle) {
+  const auto plan = find_plan(handle);
+  return {plan->num_tokens, plan->q_heads};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, std::optional<at::Tensor>> tree_attention_plan_metadata(int64_t handle) {
+  const auto plan = find_plan(handle);
+  std::optional<at::Tensor> mask;
+  if (plan->tree_mask.defined()) mask = plan->tree_mask.clone();
+  return {plan->qo_indptr.clone(), plan->page_table.clone(), plan->kv_lens.clone(), mask};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pyspec, CompositeExplicitAutograd, m) { m.impl("tree_attention_plan", &tree_attention_plan); }
+
+TORCH_LIBRARY_FRAGMENT(pyspec, m) {
+  // A plan's lifetime ends when Python drops its handle (pyspec.ops.AttentionPlan); its size and metadata.
+  m.def("tree_attention_release(int plan) -> ()", &tree_attention_release);
+  m.def("tree_attention_plan_shape(int plan) -> (int, int)", &tree_attention_plan_shape);
+  m.def("tree_attention_plan_metadata(int plan) -> (Tensor, Tensor, Tensor, Tensor?)", &tree_attention_plan_metadata);
+}
 
 }  // namespace pyspec

@@ -4,11 +4,15 @@
 // pool's shape, dtype and device; q's shape): no host copy, no page-table walk, no allocation of
 // metadata per layer. The plan keeps its own copies, so a caller that changes its tensors afterwards
 // cannot make a layer read a page the plan did not check.
+//
+// Python holds a plan by an int handle (a random 63-bit key of a registry here; passing a custom
+// class object through the dispatcher cost ~10 us per call, more than a decoding layer's attention):
+// an unknown or released handle is a clear error, never a dangling read.
 #pragma once
 
 #include <ATen/ATen.h>
-#include <torch/custom_class.h>
 
+#include <memory>
 #include <optional>
 #include <vector>
 
@@ -17,7 +21,7 @@
 
 namespace pyspec {
 
-struct AttentionPlan : torch::CustomClassHolder {
+struct AttentionPlan {
   PagedKV kv{};  // one layer's pool geometry (num_layers = 1)
   at::ScalarType dtype = at::kFloat;
   at::Device device{at::kCPU};
@@ -46,15 +50,12 @@ struct AttentionPlan : torch::CustomClassHolder {
   }
 };
 
-// Registers torch.classes.pyspec.AttentionPlan (once). Every translation unit that registers a kernel
-// taking a plan includes this header, whose inline variable below runs it before that unit's
-// registrations (schema inference needs the class; static initialisation order across units is not fixed).
-bool register_attention_plan_class();
-inline const bool kAttentionPlanClassRegistered = register_attention_plan_class();
+std::shared_ptr<AttentionPlan> make_attention_plan(const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                                   const at::Tensor& qo_indptr, const at::Tensor& page_table,
+                                                   const at::Tensor& kv_lens, const std::optional<at::Tensor>& tree_mask,
+                                                   int64_t q_heads);
 
-c10::intrusive_ptr<AttentionPlan> make_attention_plan(const at::Tensor& k_cache, const at::Tensor& v_cache,
-                                                      const at::Tensor& qo_indptr, const at::Tensor& page_table,
-                                                      const at::Tensor& kv_lens,
-                                                      const std::optional<at::Tensor>& tree_mask, int64_t q_heads);
+// The plan registered under `handle` (tree_attention_plan's result); a clear error if there is none.
+std::shared_ptr<const AttentionPlan> find_plan(int64_t handle);
 
 }  // namespace pyspec

@@ -3,7 +3,6 @@
 #include <Python.h>
 #include <torch/library.h>
 
-#include "attention_plan.h"
 
 // The extension is imported from Python (import pyspec._C) only for the registrations below.
 extern "C" {
@@ -22,12 +21,11 @@ TORCH_LIBRARY(pyspec, m) {
         "Tensor kv_lens, Tensor? tree_mask, float scale) -> Tensor");
   // Plan/run split of tree attention: validate a batch's metadata once per pass, then run every layer.
   m.def("tree_attention_plan(Tensor k_cache, Tensor v_cache, Tensor qo_indptr, Tensor page_table, "
-        "Tensor kv_lens, Tensor? tree_mask, int q_heads) -> __torch__.torch.classes.pyspec.AttentionPlan");
-  m.def("tree_attention_run(Tensor q, Tensor k_cache, Tensor v_cache, "
-        "__torch__.torch.classes.pyspec.AttentionPlan plan, float scale) -> Tensor");
+        "Tensor kv_lens, Tensor? tree_mask, int q_heads) -> int");
+  m.def("tree_attention_run(Tensor q, Tensor k_cache, Tensor v_cache, int plan, float scale) -> Tensor");
   // After the fused q/k/v projection: rotary on q and k, k and v appended at the plan's slots; returns q.
   m.def("rope_kv_append(Tensor qkv, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor positions, Tensor inv_freq, "
-        "__torch__.torch.classes.pyspec.AttentionPlan plan) -> Tensor");
+        "int plan) -> Tensor");
   // Moves accepted nodes' K/V right after each committed prefix, in place; kv_lens += accepted.
   m.def("kv_compact(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor(c!) kv_lens, Tensor page_table, "
         "Tensor accept_indptr, Tensor accept_nodes) -> ()");

@@ -114,8 +114,8 @@ class DecoderLayer(nn.Module):
         else:
             h, residual = _add_rms_norm(x, residual, self.input_layernorm, eps)
         qkv = _linear(h, self.qkv_proj.weight, self.qkv_proj.bias)  # [T, (heads + 2 kv_heads) * head_dim]
-        q = _rope_kv_append(qkv, k_cache, v_cache, batch.positions, inv_freq, plan)  # [T, heads, head_dim]
-        attn = _attention(q, k_cache, v_cache, plan, scale)  # [T, heads, head_dim]
+        q = _rope_kv_append(qkv, k_cache, v_cache, batch.positions, inv_freq, plan.handle)  # [T, heads, head_dim]
+        attn = _attention(q, k_cache, v_cache, plan.handle, scale)  # [T, heads, head_dim]
         o = _linear(attn.view(attn.shape[0], -1), self.o_proj.weight, None)
         h, residual = _add_rms_norm(o, residual, self.post_attention_layernorm, eps)
         gate_up = _linear(h, self.gate_up_proj.weight, None)  # [T, 2 intermediate]

@@ -14,8 +14,8 @@
 namespace pyspec {
 namespace {
 
-at::Tensor tree_attention_run_cpu(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
-                                  const c10::intrusive_ptr<AttentionPlan>& plan, double scale) {
+at::Tensor run_planned(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                       const AttentionPlan* plan, double scale) {
   plan->check_pool(k_cache, v_cache, "tree_attention_run");
   check_rows(q, k_cache, "q", plan->q_heads, plan->kv.head_dim);
   TORCH_CHECK(q.size(0) == plan->num_tokens, "pyspec: q has ", q.size(0), " tokens but the plan has ",
@@ -51,6 +51,11 @@ at::Tensor tree_attention_run_cpu(const at::Tensor& q, const at::Tensor& k_cache
   return out;
 }
 
+at::Tensor tree_attention_run_cpu(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                  int64_t plan, double scale) {
+  return run_planned(q, k_cache, v_cache, find_plan(plan).get(), scale);
+}
+
 at::Tensor tree_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                               const at::Tensor& qo_indptr, const at::Tensor& page_table, const at::Tensor& kv_lens,
                               const std::optional<at::Tensor>& tree_mask, double scale) {
@@ -62,7 +67,7 @@ at::Tensor tree_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, co
   TORCH_CHECK(std::isfinite(scale), "pyspec: scale must be finite, got ", scale);
   check_tables(kv, k_cache, qo_indptr, page_table, kv_lens, q.size(0));  // names q's token count on a mismatch
   const auto plan = make_attention_plan(k_cache, v_cache, qo_indptr, page_table, kv_lens, tree_mask, q.size(1));
-  return tree_attention_run_cpu(q, k_cache, v_cache, plan, scale);
+  return run_planned(q, k_cache, v_cache, plan.get(), scale);
 }
 
 }  // namespace

@@ -74,7 +74,8 @@ at::Tensor rotary_embedding_cpu(const at::Tensor& x, const at::Tensor& positions
 
 at::Tensor rope_kv_append_cpu(const at::Tensor& qkv, at::Tensor& k_cache, at::Tensor& v_cache,
                               const at::Tensor& positions, const at::Tensor& inv_freq,
-                              const c10::intrusive_ptr<AttentionPlan>& plan) {
+                              int64_t handle) {
+  const auto plan = find_plan(handle);
   plan->check_pool(k_cache, v_cache, "rope_kv_append");
   const PagedKV& kv = plan->kv;
   const int64_t T = plan->num_tokens, H = plan->q_heads, d = kv.head_dim;
