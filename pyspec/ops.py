@@ -276,7 +276,9 @@ def plan_tree_attention(
         2
     """
     return AttentionPlan(
-        torch.ops.pyspec.tree_attention_plan(k_cache, v_cache, qo_indptr, page_table, kv_lens, tree_mask, q_heads)
+        torch.ops.pyspec.tree_attention_plan(
+            k_cache, v_cache, qo_indptr, page_table, kv_lens, tree_mask, q_heads
+        )
     )
 
 
@@ -373,14 +375,15 @@ def silu_mul(x: torch.Tensor) -> torch.Tensor:
 
 # Fake kernels: shapes only, so torch.compile and FakeTensor tracing go through the ops.
 
+
 def _one_device(*tensors: torch.Tensor | None) -> None:
     """The fake kernels' device check: under meta or fake tensors, arguments that the real kernels would
     refuse for sitting on different devices are refused here too."""
     devices = {t.device for t in tensors if t is not None}
-    torch._check(len(devices) <= 1, lambda: f"pyspec: arguments are on {sorted(map(str, devices))}; "
-                 "all arguments must be on one device")
-
-
+    torch._check(
+        len(devices) <= 1,
+        lambda: f"pyspec: arguments are on {sorted(map(str, devices))}; all arguments must be on one device",
+    )
 
 
 @torch.library.register_fake("pyspec::paged_kv_append")
@@ -458,7 +461,9 @@ def _(qkv, k_cache, v_cache, positions, inv_freq, plan):
 @torch.library.register_fake("pyspec::rms_norm")
 def _(x, weight, eps):
     _one_device(x, weight)
-    torch._check(x.dim() == 2 and weight.shape == x.shape[1:], lambda: "pyspec: rms_norm needs x [T, D], weight [D]")
+    torch._check(
+        x.dim() == 2 and weight.shape == x.shape[1:], lambda: "pyspec: rms_norm needs x [T, D], weight [D]"
+    )
     return torch.empty_like(x)
 
 

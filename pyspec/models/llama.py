@@ -18,14 +18,9 @@ from pyspec.batch import StepBatch
 from pyspec.kv_cache import PagedKVCache
 from pyspec.models.config import ModelConfig
 
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """The matmul every projection uses: pyspec's row-invariant kernel, so a token's logits are bitwise
-    the same whether it is decoded alone or verified inside a block (BLAS changes kernels with M)."""
-    return ops.linear(x, weight, bias)
-
-
-# The ops of the per-layer path, bound once: no Python wrapper, no overload lookup per call.
+# The ops of the per-layer path, bound once: no Python wrapper, no overload lookup per call. Every
+# projection is pyspec's row-invariant linear, so a token's logits are bitwise the same whether it is
+# decoded alone or verified inside a block (BLAS changes kernels with M).
 _linear = torch.ops.pyspec.linear.default
 _rms_norm = torch.ops.pyspec.rms_norm.default
 _add_rms_norm = torch.ops.pyspec.add_rms_norm.default
@@ -43,7 +38,8 @@ def fuse_projections(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     (concatenated along the output dimension); other keys pass through.
 
     Example:
-        >>> s = fuse_projections({"0.gate_proj.weight": torch.zeros(2, 3), "0.up_proj.weight": torch.ones(2, 3)})
+        >>> gate, up = torch.zeros(2, 3), torch.ones(2, 3)
+        >>> s = fuse_projections({"0.gate_proj.weight": gate, "0.up_proj.weight": up})
         >>> list(s), s["0.gate_up_proj.weight"].shape
         (['0.gate_up_proj.weight'], torch.Size([4, 3]))
     """
@@ -114,7 +110,9 @@ class DecoderLayer(nn.Module):
         else:
             h, residual = _add_rms_norm(x, residual, self.input_layernorm, eps)
         qkv = _linear(h, self.qkv_proj.weight, self.qkv_proj.bias)  # [T, (heads + 2 kv_heads) * head_dim]
-        q = _rope_kv_append(qkv, k_cache, v_cache, batch.positions, inv_freq, plan.handle)  # [T, heads, head_dim]
+        q = _rope_kv_append(
+            qkv, k_cache, v_cache, batch.positions, inv_freq, plan.handle
+        )  # [T, heads, head_dim]
         attn = _attention(q, k_cache, v_cache, plan.handle, scale)  # [T, heads, head_dim]
         o = _linear(attn.view(attn.shape[0], -1), self.o_proj.weight, None)
         h, residual = _add_rms_norm(o, residual, self.post_attention_layernorm, eps)
@@ -168,9 +166,9 @@ class LlamaModel(nn.Module):
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``[R, vocab]`` of final normalised states ``x [R, hidden]``."""
         if self.shortlist is None:
-            return linear(x, self.head_weight)
+            return _linear(x, self.head_weight, None)
         out = x.new_full((x.shape[0], self.config.vocab_size), float("-inf"))
-        out[:, self.shortlist] = linear(x, self._shortlist_weight)
+        out[:, self.shortlist] = _linear(x, self._shortlist_weight, None)
         return out
 
     def first_layers(self, num_layers: int) -> LlamaModel:
