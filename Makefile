@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 EXT_SOURCES := $(shell find csrc -name '*.h' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.cu') setup.py pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: setup run test bench bench-ar bench-spec bench-planner bench-batch bench-suite bench-heavy bench-drafts train-drafts train-qwen-draft train-apar bench-apar qwen lint test-slow wheel-check cuda-build-check cmake-build clean
+.PHONY: setup run test bench bench-step bench-ar bench-spec bench-planner bench-batch bench-suite bench-heavy bench-drafts train-drafts train-qwen-draft train-apar bench-apar qwen lint test-slow wheel-check cuda-build-check cmake-build clean
 
 setup: $(VENV)/.built
 
@@ -45,6 +45,10 @@ bench-ar: setup
 
 bench-spec: setup
 	$(PY) benchmarks/spec.py
+
+# One decoding pass taken apart: pass time, its kernels alone, overhead, weight-streaming floor, HF forward.
+bench-step: setup
+	$(PY) benchmarks/step.py
 
 bench-planner: setup
 	$(PY) benchmarks/planner.py

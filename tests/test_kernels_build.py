@@ -27,7 +27,7 @@ def test_cpu_kernels_compile_alone_with_gxx(tmp_path):
         pytest.skip("no C++ compiler")
     unit = tmp_path / "cpu_kernels.cpp"
     unit.write_text(
-        '#include "tree_attention.h"\n#include "paged_kv.h"\n#include "linear.h"\n'
+        '#include "tree_attention.h"\n#include "paged_kv.h"\n#include "linear.h"\n#include "norm.h"\n'
         "using namespace pyspec;\n"
         "template void cpu::run_attention_item<float>(const cpu::TreeAttentionParams<float>&,"
         " const cpu::AttentionItem&, cpu::Partials&);\n"
@@ -35,6 +35,12 @@ def test_cpu_kernels_compile_alone_with_gxx(tmp_path):
         " const cpu::AttentionItem&, cpu::Partials&);\n"
         "template void cpu::linear<float>(const cpu::LinearParams<float>&, int64_t, int64_t);\n"
         "template void cpu::linear<bf16>(const cpu::LinearParams<bf16>&, int64_t, int64_t);\n"
+        "template void cpu::rms_norm<bf16>(const bf16*, const bf16*, const bf16*, float, bf16*, bf16*,"
+        " int64_t, int64_t, int64_t);\n"
+        "template void cpu::silu_mul<float>(const float*, float*, int64_t, int64_t, int64_t);\n"
+        "template void cpu::rope_kv_append<bf16>(const PagedKV&, const PageTables&, const int32_t*,"
+        " const int32_t*, const bf16*, const int64_t*, const float*, int64_t, bf16*, bf16*, bf16*,"
+        " int64_t, int64_t);\n"
     )
     for arch in ([], ["-march=native"]):
         subprocess.run(

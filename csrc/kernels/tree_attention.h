@@ -260,19 +260,24 @@ std::vector<AttentionItem> plan_tree_attention(const TreeAttentionParams<T>& p, 
 }
 
 // Row pointers of logical keys [x0, x0 + count) of a sequence's kv head `head` into the caches;
-// slot_of(x) maps a logical index to its cache slot. The rows are prefetched: the tile's first use
-// waits on DRAM latency once rather than once per key.
+// slot_of(x) maps a logical index to its cache slot. The rows of the next tile's keys (up to
+// `list_end`) are prefetched, so that DRAM streams them while this tile computes; the `first` tile of
+// a loop prefetches its own rows too.
 template <typename T, typename SlotOf>
-void tile_rows(const TreeAttentionParams<T>& p, int64_t seq, int64_t head, int64_t x0, int count, SlotOf slot_of,
-               const T** krow, const T** vrow) {
+void tile_rows(const TreeAttentionParams<T>& p, int64_t seq, int64_t head, int64_t x0, int count, int64_t list_end,
+               bool first, SlotOf slot_of, const T** krow, const T** vrow) {
   const int64_t bytes = p.kv.head_dim * int64_t(sizeof(T));
   for (int j = 0; j < count; ++j) {
     const int64_t off = p.tables.offset(p.kv, seq, slot_of(x0 + j), head);
     krow[j] = p.k_cache + off;
     vrow[j] = p.v_cache + off;
+  }
+  const int64_t ahead_end = std::min<int64_t>(list_end, x0 + count + kTile);
+  for (int64_t x = first ? x0 : x0 + count; x < ahead_end; ++x) {
+    const int64_t off = p.tables.offset(p.kv, seq, slot_of(x), head);
     for (int64_t c = 0; c < bytes; c += 64) {
-      __builtin_prefetch(reinterpret_cast<const char*>(krow[j]) + c);
-      __builtin_prefetch(reinterpret_cast<const char*>(vrow[j]) + c);
+      __builtin_prefetch(reinterpret_cast<const char*>(p.k_cache + off) + c);
+      __builtin_prefetch(reinterpret_cast<const char*>(p.v_cache + off) + c);
     }
   }
 }
@@ -322,7 +327,7 @@ void run_attention_item(const TreeAttentionParams<T>& p, const AttentionItem& it
         std::fill(counts.begin() + t * group, counts.begin() + (t + 1) * group, c);
       }
       const int count = int(std::min<int64_t>(kTile, last - x0));
-      tile_rows(p, seq, it.kv_head, x0, count, identity, krow, vrow);
+      tile_rows(p, seq, it.kv_head, x0, count, last, x0 == x_begin, identity, krow, vrow);
       attend_tile(st, 0, st.rows, counts.data(), krow, vrow, count, d);
     }
   } else {
@@ -330,7 +335,7 @@ void run_attention_item(const TreeAttentionParams<T>& p, const AttentionItem& it
     const int64_t shared_end = std::min(x_end, L / kTile * kTile);
     std::fill(counts.begin(), counts.end(), kTile);
     for (int64_t x0 = x_begin; x0 < shared_end; x0 += kTile) {
-      tile_rows(p, seq, it.kv_head, x0, kTile, identity, krow, vrow);
+      tile_rows(p, seq, it.kv_head, x0, kTile, shared_end, x0 == x_begin, identity, krow, vrow);
       attend_tile(st, 0, st.rows, counts.data(), krow, vrow, kTile, d);
     }
     std::vector<int32_t> vis;
@@ -341,7 +346,7 @@ void run_attention_item(const TreeAttentionParams<T>& p, const AttentionItem& it
       for (int64_t x0 = std::max(x_begin, shared_end); x0 < last; x0 += kTile) {
         const int count = int(std::min<int64_t>(kTile, last - x0));
         std::fill(counts.begin() + t * group, counts.begin() + (t + 1) * group, count);
-        tile_rows(p, seq, it.kv_head, x0, count, slot_of, krow, vrow);
+        tile_rows(p, seq, it.kv_head, x0, count, last, x0 == std::max(x_begin, shared_end), slot_of, krow, vrow);
         attend_tile(st, t * group, group, counts.data() + t * group, krow, vrow, count, d);
       }
     }
