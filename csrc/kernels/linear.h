@@ -10,6 +10,7 @@
 // for all M x rows: the first 3-row block streams it, the next blocks find it in cache. From two blocks
 // on, the micro-kernels prefetch the next group, spread evenly over their k steps, so that DRAM keeps
 // streaming while they compute. bfloat16 rows that several blocks read are widened (exactly) once.
+// A single x row (a decoding step) reads each weight row alone instead, one sequential stream.
 // Work items are groups; threads take contiguous ranges of them.
 //
 // Napkin math, 2-core Zen 1: DRAM ~20-28 GB/s; 16 fp32 flops per cycle and core, ~80 GFLOP/s on both
@@ -157,7 +158,11 @@ void linear(const LinearParams<T>& p, int64_t begin, int64_t end) {
   std::vector<float> scratch(std::is_same_v<T, float> ? 0 : kLinearRowsN * p.K);
   for (int64_t g = begin; g < end; ++g) {
     const int64_t n0 = g * kLinearRowsN;
-    if (n0 + kLinearRowsN <= p.N) {
+    if (p.M == 1) {
+      // One x row: each weight row streams alone, front to back (a single sequential stream per
+      // thread reaches ~0.9 of a plain read here, four interleaved row streams ~0.8); same bits.
+      for (int64_t n = n0; n < std::min<int64_t>(n0 + kLinearRowsN, p.N); ++n) linear_rows<1>(p, n, 0, scratch.data());
+    } else if (n0 + kLinearRowsN <= p.N) {
       const int64_t next_rows = std::clamp<int64_t>(p.N - n0 - kLinearRowsN, 0, kLinearRowsN);
       linear_rows<kLinearRowsN>(p, n0, next_rows, scratch.data());
     } else {
