@@ -233,11 +233,18 @@ class AttentionPlan:
     the extension; released when this object is garbage collected. ``handle`` is what the per-layer
     ops take; ``num_tokens`` and ``q_heads`` are the sizes it was made for."""
 
-    __slots__ = ("handle", "num_tokens", "q_heads")
+    __slots__ = ("handle",)
 
     def __init__(self, handle: int) -> None:
         self.handle = handle
-        self.num_tokens, self.q_heads = torch.ops.pyspec.tree_attention_plan_shape(handle)
+
+    @property
+    def num_tokens(self) -> int:
+        return torch.ops.pyspec.tree_attention_plan_shape(self.handle)[0]
+
+    @property
+    def q_heads(self) -> int:
+        return torch.ops.pyspec.tree_attention_plan_shape(self.handle)[1]
 
     def metadata(self):
         """Copies of the validated ``(qo_indptr, page_table, kv_lens, tree_mask)``."""

@@ -43,18 +43,24 @@ std::shared_ptr<const AttentionPlan> find_plan(int64_t handle) {
 std::shared_ptr<AttentionPlan> make_attention_plan(const at::Tensor& k_cache, const at::Tensor& v_cache,
                                                       const at::Tensor& qo_indptr, const at::Tensor& page_table,
                                                       const at::Tensor& kv_lens,
-                                                      const std::optional<at::Tensor>& tree_mask, int64_t q_heads) {
+                                                      const std::optional<at::Tensor>& tree_mask, int64_t q_heads,
+                                                   std::optional<int64_t> num_tokens_arg) {
   TORCH_CHECK(!k_cache.is_meta(), "pyspec: tree_attention_plan needs real tensors, got a meta k_cache");
   PagedKV kv = check_kv_cache(k_cache, v_cache, true);
   kv.num_layers = 1;
   TORCH_CHECK(kv.head_dim <= kMaxHeadDim, "pyspec: head_dim must be <= ", kMaxHeadDim, ", got ", kv.head_dim);
   TORCH_CHECK(q_heads > 0 && q_heads % kv.kv_heads == 0, "pyspec: query heads (", q_heads,
               ") must be a positive multiple of KV heads (", kv.kv_heads, ")");
-  check_index_tensor(qo_indptr, "qo_indptr", 1);
-  check_same_device(k_cache, qo_indptr, "qo_indptr");
-  TORCH_CHECK(qo_indptr.size(0) >= 1, "pyspec: qo_indptr must have batch_size + 1 >= 1 entries");
-  const int64_t num_tokens = host_copy(qo_indptr).data_ptr<int32_t>()[qo_indptr.size(0) - 1];
-  TORCH_CHECK(num_tokens >= 0, "pyspec: qo_indptr[-1] = ", num_tokens, " is negative");
+  int64_t num_tokens = 0;
+  if (num_tokens_arg.has_value()) {
+    num_tokens = *num_tokens_arg;
+  } else {
+    check_index_tensor(qo_indptr, "qo_indptr", 1);
+    check_same_device(k_cache, qo_indptr, "qo_indptr");
+    TORCH_CHECK(qo_indptr.size(0) >= 1, "pyspec: qo_indptr must have batch_size + 1 >= 1 entries");
+    num_tokens = host_copy(qo_indptr).data_ptr<int32_t>()[qo_indptr.size(0) - 1];
+    TORCH_CHECK(num_tokens >= 0, "pyspec: qo_indptr[-1] = ", num_tokens, " is negative");
+  }
 
   auto plan = std::make_shared<AttentionPlan>();
   plan->kv = kv;

@@ -50,10 +50,12 @@ struct AttentionPlan {
   }
 };
 
+// num_tokens: the rows of the q that will run on the plan, checked against qo_indptr[-1] (default: read
+// from qo_indptr).
 std::shared_ptr<AttentionPlan> make_attention_plan(const at::Tensor& k_cache, const at::Tensor& v_cache,
                                                    const at::Tensor& qo_indptr, const at::Tensor& page_table,
                                                    const at::Tensor& kv_lens, const std::optional<at::Tensor>& tree_mask,
-                                                   int64_t q_heads);
+                                                   int64_t q_heads, std::optional<int64_t> num_tokens = std::nullopt);
 
 // The plan registered under `handle` (tree_attention_plan's result); a clear error if there is none.
 std::shared_ptr<const AttentionPlan> find_plan(int64_t handle);

@@ -59,14 +59,10 @@ at::Tensor tree_attention_run_cpu(const at::Tensor& q, const at::Tensor& k_cache
 at::Tensor tree_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                               const at::Tensor& qo_indptr, const at::Tensor& page_table, const at::Tensor& kv_lens,
                               const std::optional<at::Tensor>& tree_mask, double scale) {
-  const PagedKV kv = check_kv_cache(k_cache, v_cache, false);
-  TORCH_CHECK(kv.head_dim <= kMaxHeadDim, "pyspec: head_dim must be <= ", kMaxHeadDim, ", got ", kv.head_dim);
-  check_rows(q, k_cache, "q", -1, kv.head_dim);
-  TORCH_CHECK(q.size(1) % kv.kv_heads == 0, "pyspec: query heads (", q.size(1),
-              ") must be a multiple of KV heads (", kv.kv_heads, ")");
-  TORCH_CHECK(std::isfinite(scale), "pyspec: scale must be finite, got ", scale);
-  check_tables(kv, k_cache, qo_indptr, page_table, kv_lens, q.size(0));  // names q's token count on a mismatch
-  const auto plan = make_attention_plan(k_cache, v_cache, qo_indptr, page_table, kv_lens, tree_mask, q.size(1));
+  const PagedKV kv = check_kv_cache(k_cache, v_cache, false);  // one layer's pool only
+  check_rows(q, k_cache, "q", -1, kv.head_dim);  // the plan checks the rest, against q's heads and rows
+  const auto plan =
+      make_attention_plan(k_cache, v_cache, qo_indptr, page_table, kv_lens, tree_mask, q.size(1), q.size(0));
   return run_planned(q, k_cache, v_cache, plan.get(), scale);
 }
 
