@@ -58,19 +58,21 @@ struct Prefetch {
 };
 
 // acc[n][r] += W[n][k] * X[r][k] for k in [0, K) in order, lane k % kLanes; the last partial vector is
-// zero-padded. RN weight rows and RM x rows at stride K. The register loops are unrolled explicitly:
-// GCC then keeps the accumulators in registers (without it, it sometimes keeps them on the stack).
+// zero-padded. RN weight rows at stride ws, RM x rows at stride xs. The register loops are unrolled
+// explicitly: GCC then keeps the accumulators in registers (without it, it sometimes keeps them on the
+// stack). Calls over consecutive k ranges (multiples of kLanes) continue the same sums.
 template <int RN, int RM, typename W>
-inline void dot_block(const W* w, const float* x, int64_t K, vfloat (&acc)[RN][RM], Prefetch& pf) {
+inline void dot_block(const W* w, int64_t ws, const float* x, int64_t xs, int64_t K, vfloat (&acc)[RN][RM],
+                      Prefetch& pf) {
   int64_t k = 0;
   for (; k + kLanes <= K; k += kLanes) {
     pf.issue();
     vfloat xv[RM];
 #pragma GCC unroll 8
-    for (int r = 0; r < RM; ++r) xv[r] = load(x + r * K + k);
+    for (int r = 0; r < RM; ++r) xv[r] = load(x + r * xs + k);
 #pragma GCC unroll 8
     for (int n = 0; n < RN; ++n) {
-      const vfloat wv = load(w + n * K + k);
+      const vfloat wv = load(w + n * ws + k);
 #pragma GCC unroll 8
       for (int r = 0; r < RM; ++r) acc[n][r] = fmadd(wv, xv[r], acc[n][r]);
     }
@@ -78,21 +80,19 @@ inline void dot_block(const W* w, const float* x, int64_t K, vfloat (&acc)[RN][R
   if (k < K) {
     vfloat xv[RM];
 #pragma GCC unroll 8
-    for (int r = 0; r < RM; ++r) xv[r] = load_partial(x + r * K + k, K - k);
+    for (int r = 0; r < RM; ++r) xv[r] = load_partial(x + r * xs + k, K - k);
 #pragma GCC unroll 8
     for (int n = 0; n < RN; ++n) {
-      const vfloat wv = load_partial(w + n * K + k, K - k);
+      const vfloat wv = load_partial(w + n * ws + k, K - k);
 #pragma GCC unroll 8
       for (int r = 0; r < RM; ++r) acc[n][r] = fmadd(wv, xv[r], acc[n][r]);
     }
   }
 }
 
-// y[m0 + r, n0 + n] for RN weight rows (w: rows n0 .. n0 + RN - 1) x RM x rows.
-template <int RN, int RM, typename W, typename T>
-inline void linear_block(const LinearParams<T>& p, const W* w, int64_t n0, int64_t m0, Prefetch& pf) {
-  vfloat acc[RN][RM] = {};
-  dot_block<RN, RM>(w, p.x + m0 * p.K, p.K, acc, pf);
+// The fixed end of every output: lanes summed (reduce_lanes), then the bias added; y[m0 + r, n0 + n].
+template <int RN, int RM, typename T>
+inline void store_block(vfloat (&acc)[RN][RM], const T* bias, T* y, int64_t N, int64_t n0, int64_t m0) {
   for (int r = 0; r < RM; ++r) {
     float s[RN];
     if constexpr (RN == 4) {
@@ -101,10 +101,18 @@ inline void linear_block(const LinearParams<T>& p, const W* w, int64_t n0, int64
       for (int n = 0; n < RN; ++n) s[n] = reduce_lanes(acc[n][r]);
     }
     for (int n = 0; n < RN; ++n) {
-      if (p.bias != nullptr) s[n] += to_float(p.bias[n0 + n]);
-      p.y[(m0 + r) * p.N + n0 + n] = from_float<T>(s[n]);
+      if (bias != nullptr) s[n] += to_float(bias[n0 + n]);
+      y[(m0 + r) * N + n0 + n] = from_float<T>(s[n]);
     }
   }
+}
+
+// y[m0 + r, n0 + n] for RN weight rows (w: rows n0 .. n0 + RN - 1) x RM x rows.
+template <int RN, int RM, typename W, typename T>
+inline void linear_block(const LinearParams<T>& p, const W* w, int64_t n0, int64_t m0, Prefetch& pf) {
+  vfloat acc[RN][RM] = {};
+  dot_block<RN, RM>(w, p.K, p.x + m0 * p.K, p.K, p.K, acc, pf);
+  store_block<RN, RM>(acc, p.bias, p.y, p.N, n0, m0);
 }
 
 // Widens n bfloat16 weights into floats (exactly).

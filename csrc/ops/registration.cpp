@@ -35,6 +35,10 @@ TORCH_LIBRARY(pyspec, m) {
   m.def("rotary_embedding(Tensor x, Tensor positions, Tensor inv_freq) -> Tensor");
   // y = x @ weight.T + bias; each output row bitwise independent of M, the other rows and the threads.
   m.def("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  // linear over GGUF-packed weight rows (uint8 parts, each of one ggml type): bitwise linear over the
+  // dequantised weight; dequantize_rows widens chosen rows (an embedding lookup).
+  m.def("linear_packed(Tensor x, Tensor[] weights, int[] qtypes, Tensor? bias) -> Tensor");
+  m.def("dequantize_rows(Tensor weight, int qtype, int K, Tensor ids) -> Tensor");
   // RMSNorm of each row (fixed order); add_rms_norm also returns x + residual, the new residual stream.
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
   m.def("add_rms_norm(Tensor x, Tensor residual, Tensor weight, float eps) -> (Tensor, Tensor)");

@@ -54,7 +54,9 @@ class FutureHeadsRunner(ModelRunner):
             )
         super().__init__(model, num_pages, page_size)
         self.heads = heads.to(model.embed_tokens.device)
-        self.short_head = model.head_weight[heads.shortlist.to(model.embed_tokens.device)].contiguous()
+        short_head = model.head_weight[heads.shortlist.to(model.embed_tokens.device)]
+        # [V', D]; a packed head's rows widened (exactly): the heads' scores are a dense product
+        self.short_head = short_head.dequantize() if model.packed else short_head.contiguous()
         self.candidates: dict[Hashable, tuple[int, torch.Tensor]] = {}  # key -> (context length, [k, V'])
         self._scored: dict[Hashable, dict[int, torch.Tensor]] = {}
 
@@ -119,7 +121,7 @@ class FutureHeadsRunner(ModelRunner):
             device=device,
         )
         x = m.run_layers(
-            real, self.cache, torch.nn.functional.embedding(real.tokens, m.embed_tokens), stop=t
+            real, self.cache, m.embed(real.tokens), stop=t
         )[0]
         y = x.new_zeros(full.num_tokens, x.shape[1])
         y[to_full] = x

@@ -92,6 +92,14 @@ def read_config(reader, tokens: list[str]) -> ModelConfig:
     )
 
 
+def read_gguf_config(path: Path) -> ModelConfig:
+    """A GGUF file's model configuration (no tensor data read)."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    return read_config(reader, list(_field(reader, "tokenizer.ggml.tokens", [])))
+
+
 def convert_gguf(path: Path, progress: bool = True) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """Reads a GGUF file: its config and every tensor dequantised to fp32 under its Hugging Face name."""
     import gguf

@@ -17,6 +17,7 @@ from pyspec import ops
 from pyspec.batch import StepBatch
 from pyspec.kv_cache import PagedKVCache
 from pyspec.models.config import ModelConfig
+from pyspec.models.packed import PackedLinear, PackedWeight
 
 # The ops of the per-layer path, bound once: no Python wrapper, no overload lookup per call. Every
 # projection is pyspec's row-invariant linear, so a token's logits are bitwise the same whether it is
@@ -27,6 +28,15 @@ _add_rms_norm = torch.ops.pyspec.add_rms_norm.default
 _silu_mul = torch.ops.pyspec.silu_mul.default
 _rope_kv_append = torch.ops.pyspec.rope_kv_append.default
 _attention = torch.ops.pyspec.tree_attention_run.default
+_linear_packed = torch.ops.pyspec.linear_packed.default
+
+
+def _project(x: torch.Tensor, weight, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ weight.T + bias`` for an fp32/bf16 weight or a :class:`PackedWeight` (same bits as over its
+    dequantised tensor)."""
+    if type(weight) is PackedWeight:
+        return _linear_packed(x, weight.parts, weight.qtypes, bias)
+    return _linear(x, weight, bias)
 
 # Projections stored side by side in one weight (one matmul each): name -> (fused name, parts in order).
 FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
@@ -53,7 +63,11 @@ def fuse_projections(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             missing = [n for n in names if n not in state]
             if missing:
                 raise ValueError(f"cannot fuse {fused}: {missing} missing beside {key}")
-            out[f"{prefix}{fused}.{kind}"] = torch.cat([out.pop(n) for n in names])
+            tensors = [out.pop(n) for n in names]
+            packed = any(isinstance(t, PackedWeight) for t in tensors)
+            if packed and not all(isinstance(t, PackedWeight) for t in tensors):
+                raise ValueError(f"cannot fuse {fused}: {names} mix packed and unpacked weights")
+            out[f"{prefix}{fused}.{kind}"] = PackedWeight.cat(tensors) if packed else torch.cat(tensors)
     return out
 
 
@@ -87,7 +101,8 @@ class DecoderLayer(nn.Module):
 
     def projections(self) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
         """``{name: (weight, bias)}`` of the seven projections under transformers' names (q_proj, k_proj,
-        v_proj, o_proj, gate_proj, up_proj, down_proj); the fused ones as views (shared, not copied)."""
+        v_proj, o_proj, gate_proj, up_proj, down_proj); the fused ones as views (shared, not copied).
+        Packed weights are given dequantised (fp32 copies)."""
         c = self.config
         q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
         out = {}
@@ -96,8 +111,9 @@ class DecoderLayer(nn.Module):
             weights = module.weight.split(sizes)
             biases = module.bias.split(sizes) if module.bias is not None else (None,) * len(sizes)
             out.update(zip(FUSED[fused], zip(weights, biases, strict=True), strict=True))
-        out["o_proj"] = (self.o_proj.weight, None)
-        out["down_proj"] = (self.down_proj.weight, None)
+        dense = lambda w: w.dequantize() if isinstance(w, PackedWeight) else w  # noqa: E731
+        out["o_proj"] = (dense(self.o_proj.weight), None)
+        out["down_proj"] = (dense(self.down_proj.weight), None)
         return out
 
     def forward(self, x, residual, batch: StepBatch, plan, k_cache, v_cache, inv_freq, scale: float):
@@ -109,15 +125,15 @@ class DecoderLayer(nn.Module):
             h, residual = _rms_norm(x, self.input_layernorm, eps), x
         else:
             h, residual = _add_rms_norm(x, residual, self.input_layernorm, eps)
-        qkv = _linear(h, self.qkv_proj.weight, self.qkv_proj.bias)  # [T, (heads + 2 kv_heads) * head_dim]
+        qkv = _project(h, self.qkv_proj.weight, self.qkv_proj.bias)  # [T, (heads + 2 kv_heads) * head_dim]
         q = _rope_kv_append(
             qkv, k_cache, v_cache, batch.positions, inv_freq, plan.handle
         )  # [T, heads, head_dim]
         attn = _attention(q, k_cache, v_cache, plan.handle, scale)  # [T, heads, head_dim]
-        o = _linear(attn.view(attn.shape[0], -1), self.o_proj.weight, None)
+        o = _project(attn.view(attn.shape[0], -1), self.o_proj.weight, None)
         h, residual = _add_rms_norm(o, residual, self.post_attention_layernorm, eps)
-        gate_up = _linear(h, self.gate_up_proj.weight, None)  # [T, 2 intermediate]
-        return _linear(_silu_mul(gate_up), self.down_proj.weight, None), residual
+        gate_up = _project(h, self.gate_up_proj.weight, None)  # [T, 2 intermediate]
+        return _project(_silu_mul(gate_up), self.down_proj.weight, None), residual
 
 
 class LlamaModel(nn.Module):
@@ -154,8 +170,19 @@ class LlamaModel(nn.Module):
         self.requires_grad_(False)
 
     @property
-    def head_weight(self) -> torch.Tensor:
+    def head_weight(self) -> torch.Tensor | PackedWeight:
         return self.embed_tokens if self.lm_head is None else self.lm_head
+
+    @property
+    def packed(self) -> bool:
+        """Whether the weights are kept in GGUF blocks (:mod:`pyspec.models.packed`)."""
+        return isinstance(self.embed_tokens, PackedWeight) or isinstance(self.layers[0].qkv_proj, PackedLinear)
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The embeddings ``[T, hidden]`` of ``tokens [T]``."""
+        if isinstance(self.embed_tokens, PackedWeight):
+            return self.embed_tokens.embed(tokens)
+        return F.embedding(tokens, self.embed_tokens)
 
     def set_shortlist(self, token_ids: torch.Tensor | None) -> None:
         """Scores only ``token_ids`` (a draft's frequency-ranked vocabulary); the other logits are -inf.
@@ -166,9 +193,9 @@ class LlamaModel(nn.Module):
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``[R, vocab]`` of final normalised states ``x [R, hidden]``."""
         if self.shortlist is None:
-            return _linear(x, self.head_weight, None)
+            return _project(x, self.head_weight, None)
         out = x.new_full((x.shape[0], self.config.vocab_size), float("-inf"))
-        out[:, self.shortlist] = _linear(x, self._shortlist_weight, None)
+        out[:, self.shortlist] = _project(x, self._shortlist_weight, None)
         return out
 
     def first_layers(self, num_layers: int) -> LlamaModel:
@@ -220,7 +247,7 @@ class LlamaModel(nn.Module):
         ``hidden_layers``: layer indices whose output hidden states to return ([T, hidden]); -1 is
         the final normalised hidden state (the head's input).
         """
-        embedded = F.embedding(batch.tokens, self.embed_tokens)  # [T, hidden]
+        embedded = self.embed(batch.tokens)  # [T, hidden]
         x, hidden = self.run_layers(batch, cache, embedded, hidden_layers=hidden_layers)
         x = _rms_norm(x, self.norm, self.config.rms_norm_eps)
         if -1 in hidden_layers:
@@ -260,8 +287,25 @@ class LlamaModel(nn.Module):
             x = x + residual
         return x, hidden
 
+    def _assign_packed(self, key: str, weight: PackedWeight, state: dict) -> None:
+        """Puts a packed weight in place: a projection becomes a :class:`PackedLinear` (its bias, popped
+        from ``state``, with it); the embedding or head a plain attribute."""
+        if key in ("embed_tokens", "lm_head"):
+            if key == "lm_head" and self.lm_head is None:
+                return
+            del self._parameters[key]
+            setattr(self, key, weight)
+            return
+        path, _, kind = key.rpartition(".")
+        if kind != "weight":
+            raise ValueError(f"a packed tensor must be a weight, got {key}")
+        parent, _, name = path.rpartition(".")
+        bias = state.pop(f"{path}.bias", None)
+        setattr(self.get_submodule(parent), name, PackedLinear(weight, bias))
+
     def load_hf_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Loads weights named as in transformers' LlamaForCausalLM / Qwen2ForCausalLM."""
+        """Loads weights named as in transformers' LlamaForCausalLM / Qwen2ForCausalLM; weights given as
+        :class:`PackedWeight` stay packed."""
         ours = {}
         for name, tensor in state.items():
             key = name.removeprefix("model.")
@@ -272,6 +316,8 @@ class LlamaModel(nn.Module):
         if self.lm_head is None:
             ours.pop("lm_head", None)
         ours = fuse_projections(ours)
+        for key in [k for k, v in ours.items() if isinstance(v, PackedWeight)]:
+            self._assign_packed(key, ours.pop(key), ours)
         missing, unexpected = self.load_state_dict(ours, strict=False, assign=True)
         if missing or unexpected:
             raise ValueError(

@@ -123,27 +123,30 @@ REGISTRY: dict[str, RegistryEntry] = {
 }
 
 
-def _is_complete(folder: Path) -> bool:
-    return all((folder / f).exists() for f in ("config.json", "model.safetensors", "tokenizer.json"))
+def _is_complete(folder: Path, weights: bool = True) -> bool:
+    needed = ("config.json", "tokenizer.json") + (("model.safetensors",) if weights else ())
+    return all((folder / f).exists() for f in needed)
 
 
-def prepare_gguf(path: Path, progress: bool = True) -> Path:
-    """Converts a GGUF file once into a cached Hugging Face folder (keyed by the file's sha256)."""
+def prepare_gguf(path: Path, progress: bool = True, weights: bool = True) -> Path:
+    """Converts a GGUF file once into a cached Hugging Face folder (keyed by the file's sha256).
+    ``weights=False``: only the config and tokenizer (a packed model reads its weights from the GGUF)."""
     from safetensors.torch import save_file
 
-    from pyspec.models.gguf_convert import convert_gguf
+    from pyspec.models.gguf_convert import convert_gguf, read_gguf_config
 
     folder = cache_root() / "models" / file_sha256(path)
-    if _is_complete(folder):
+    if _is_complete(folder, weights):
         return folder
     try:
-        config, state = convert_gguf(path, progress=progress)
+        config, state = convert_gguf(path, progress=progress) if weights else (read_gguf_config(path), None)
     except (ValueError, KeyError, OSError) as e:
         raise ModelNotFoundError(f"{path} is not a readable GGUF model: {e}") from e
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".converting-"))
     try:
-        save_file(state, str(tmp / "model.safetensors"))
+        if state is not None:
+            save_file(state, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps(config.to_hf(), indent=1))
         (tmp / "generation_config.json").write_text(
             json.dumps({"bos_token_id": config.bos_token_id, "eos_token_id": list(config.eos_token_ids)})
@@ -164,6 +167,24 @@ def _convert_tokenizer(gguf_path: Path, out: Path) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     tokenizer.save_pretrained(str(out))
+
+
+def gguf_file(name_or_path: str | os.PathLike) -> Path:
+    """The GGUF file behind a registry name or a ``.gguf`` path (what a packed model loads).
+
+    Example:
+        >>> gguf_file("smollm2-135m-instruct").name  # doctest: +SKIP
+        'SmolLM2-135M-Instruct.Q4_1.gguf'
+    """
+    key = str(name_or_path)
+    if key in REGISTRY:
+        return REGISTRY[key].locate()
+    path = Path(key).expanduser()
+    if not (path.is_file() and path.suffix == ".gguf"):
+        raise ModelNotFoundError(
+            f"{key!r} is not a GGUF file or a registry name ({', '.join(REGISTRY)}): only GGUF weights load packed"
+        )
+    return path
 
 
 def resolve(name_or_path: str | os.PathLike, progress: bool = True) -> Path:

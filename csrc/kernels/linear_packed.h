@@ -1,0 +1,163 @@
+// CPU linear layer over GGUF-packed weight rows, exact: y = x W^T + b with W kept in its ggml blocks.
+//
+// Exactness. Each weight value is widened by quants.h to the float gguf-py's dequantize() gives, and
+// every output runs linear.h's fixed order (8 lanes over k, the fixed lane sum, then the bias) on those
+// floats. So y is bitwise the fp32 linear over the dequantised tensor, for any M and thread count:
+// packing is a pure speed and memory choice.
+//
+// Speed. The weights stream at 4.5-6.6 bits a value instead of 32, so the op turns from memory bound
+// to compute bound (widening costs more than the multiply-adds). Few x rows (M <= 3, decoding and
+// short verification): a group of 4 weight rows is widened a chunk at a time into an L1 buffer and
+// multiplied at once, the accumulators staying in registers (4 independent chains at M = 1). More
+// rows: the group's 4 rows are widened whole, once, and linear.h's blocks read them for all M rows.
+#pragma once
+
+#include <algorithm>
+#include <new>
+#include <vector>
+
+#include "linear.h"
+#include "quants.h"
+
+namespace pyspec::cpu {
+
+// Weights widened per chunk on the few-rows path (a multiple of every block size).
+constexpr int64_t kPackedChunk = 256;
+// How far ahead in each weight row the one-row path prefetches (the hardware prefetcher alone lets
+// Q6_K's four interleaved row streams stall on DRAM latency).
+#ifndef PYSPEC_PACKED_PREFETCH
+#define PYSPEC_PACKED_PREFETCH 1024
+#endif
+constexpr int64_t kPackedPrefetchBytes = PYSPEC_PACKED_PREFETCH;
+
+// One run of weight rows in one format; a linear's rows may be several parts (a fused q/k/v
+// projection whose v rows are stored in another format).
+struct PackedPart {
+  const uint8_t* data;  // [rows, row_bytes]
+  int qtype;            // ggml type code (QType)
+  int64_t rows;
+  int64_t row_bytes;    // K / block_values * block_bytes
+  int64_t first_row;    // its first output feature
+};
+
+struct PackedLinearParams {
+  const float* x;     // [M, K]
+  const float* bias;  // [N] or null
+  float* y;           // [M, N]
+  int64_t M, N, K;
+};
+
+// One x row (a decoding step): RN rows of one part (rows r0 ..) widened 8 values at a time in registers
+// and multiplied at once; the RN rows' sums are independent chains, interleaved.
+template <QType QT, int RN>
+void packed_rows_one(const PackedLinearParams& p, const PackedPart& part, int64_t r0) {
+  const QFormat f = qformat(static_cast<int>(QT));
+  constexpr int subs = (QT == QType::Q4_K || QT == QType::Q5_K || QT == QType::Q6_K) ? 8 : 1;
+  vfloat acc[RN] = {};
+  const uint8_t* rows = part.data + r0 * part.row_bytes;
+  const float* x = p.x;
+  for (int64_t b = 0; b < p.K / f.block_values; ++b) {
+    for (int j = 0; j < subs; ++j) {
+      const SubBlock<QT>* s;
+      alignas(64) unsigned char storage[RN][sizeof(SubBlock<QT>)];
+#pragma GCC unroll 8
+      for (int n = 0; n < RN; ++n) {
+        const uint8_t* block = rows + n * part.row_bytes + b * f.block_bytes;
+        __builtin_prefetch(block + j * f.block_bytes / subs + kPackedPrefetchBytes);
+        new (storage[n]) SubBlock<QT>(block, j);
+      }
+      s = reinterpret_cast<const SubBlock<QT>*>(storage);
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; ++i) {
+        const vfloat xv = load(x + i * kLanes);
+#pragma GCC unroll 8
+        for (int n = 0; n < RN; ++n) acc[n] = fmadd(s[n].get(i), xv, acc[n]);
+      }
+      x += 32;
+    }
+  }
+  vfloat acc2[RN][1];
+  for (int n = 0; n < RN; ++n) acc2[n][0] = acc[n];
+  store_block<RN, 1>(acc2, p.bias, p.y, p.N, part.first_row + r0, 0);
+}
+
+// Outputs of RN rows of one part (rows r0 .. r0 + RN - 1) for x rows [m0, m0 + RM), RM <= 3: widened
+// chunk by chunk into an L1 buffer, the accumulators in registers.
+template <QType QT, int RN, int RM>
+void packed_rows_few(const PackedLinearParams& p, const PackedPart& part, int64_t r0, int64_t m0, float* buf) {
+  const QFormat f = qformat(static_cast<int>(QT));
+  vfloat acc[RN][RM] = {};
+  Prefetch none{nullptr, nullptr};
+  const uint8_t* rows = part.data + r0 * part.row_bytes;
+  for (int64_t k0 = 0; k0 < p.K; k0 += kPackedChunk) {
+    const int64_t len = std::min(kPackedChunk, p.K - k0);
+    const int64_t first_block = k0 / f.block_values, blocks = len / f.block_values;
+    for (int n = 0; n < RN; ++n)
+      dequant_blocks<QT>(rows + n * part.row_bytes + first_block * f.block_bytes, blocks, buf + n * kPackedChunk);
+    dot_block<RN, RM>(buf, kPackedChunk, p.x + m0 * p.K + k0, p.K, len, acc, none);
+  }
+  store_block<RN, RM>(acc, p.bias, p.y, p.N, part.first_row + r0, m0);
+}
+
+// All M outputs of RN rows of one part (rows r0 ..): widened whole into `scratch` when M > 3.
+template <QType QT, int RN>
+void packed_rows(const PackedLinearParams& p, const PackedPart& part, int64_t r0, float* buf, float* scratch) {
+  if (p.M > kLinearRowsM) {
+    const QFormat f = qformat(static_cast<int>(QT));
+    for (int n = 0; n < RN; ++n)
+      dequant_blocks<QT>(part.data + (r0 + n) * part.row_bytes, p.K / f.block_values, scratch + n * p.K);
+    const LinearParams<float> lp{p.x, nullptr, p.bias, p.y, p.M, p.N, p.K};
+    Prefetch none{nullptr, nullptr};
+    linear_blocks<RN>(lp, scratch, part.first_row + r0, none);
+    return;
+  }
+  if (p.M == 3) packed_rows_few<QT, RN, 3>(p, part, r0, 0, buf);
+  if (p.M == 2) packed_rows_few<QT, RN, 2>(p, part, r0, 0, buf);
+  if (p.M == 1) packed_rows_one<QT, RN>(p, part, r0);
+}
+
+// A work item: up to kLinearRowsN rows of one part.
+struct PackedGroup {
+  int32_t part;
+  int32_t rows;
+  int64_t first;  // row within the part
+};
+
+// The work items of a linear over `parts`, in output order.
+inline std::vector<PackedGroup> packed_groups(const std::vector<PackedPart>& parts) {
+  std::vector<PackedGroup> groups;
+  for (size_t i = 0; i < parts.size(); ++i)
+    for (int64_t r = 0; r < parts[i].rows; r += kLinearRowsN)
+      groups.push_back({int32_t(i), int32_t(std::min<int64_t>(kLinearRowsN, parts[i].rows - r)), r});
+  return groups;
+}
+
+// Computes work items [begin, end) for all M rows.
+inline void linear_packed(const PackedLinearParams& p, const std::vector<PackedPart>& parts,
+                          const std::vector<PackedGroup>& groups, int64_t begin, int64_t end) {
+  std::vector<float> buf(kLinearRowsN * kPackedChunk);
+  std::vector<float> scratch(p.M > kLinearRowsM ? kLinearRowsN * p.K : 0);
+  for (int64_t g = begin; g < end; ++g) {
+    const PackedGroup& group = groups[g];
+    const PackedPart& part = parts[group.part];
+    dispatch_qtype(part.qtype, [&](auto qt) {
+      constexpr QType QT = decltype(qt)::value;
+      if (group.rows == kLinearRowsN) {
+        packed_rows<QT, kLinearRowsN>(p, part, group.first, buf.data(), scratch.data());
+      } else {
+        for (int64_t r = 0; r < group.rows; ++r) packed_rows<QT, 1>(p, part, group.first + r, buf.data(), scratch.data());
+      }
+    });
+  }
+}
+
+// Rows ids[i] of a packed [rows, K] tensor, widened: out[i * K ..] (an embedding lookup).
+inline void dequant_rows(const uint8_t* data, int qtype, int64_t K, const int64_t* ids, int64_t n, float* out) {
+  const QFormat f = qformat(qtype);
+  const int64_t row_bytes = K / f.block_values * f.block_bytes;
+  dispatch_qtype(qtype, [&](auto qt) {
+    for (int64_t i = 0; i < n; ++i) dequant_blocks<decltype(qt)::value>(data + ids[i] * row_bytes, K / f.block_values, out + i * K);
+  });
+}
+
+}  // namespace pyspec::cpu
