@@ -26,7 +26,7 @@ constexpr int64_t kPackedChunk = 256;
 // How far ahead in each weight row the one-row path prefetches (the hardware prefetcher alone lets
 // Q6_K's four interleaved row streams stall on DRAM latency).
 #ifndef PYSPEC_PACKED_PREFETCH
-#define PYSPEC_PACKED_PREFETCH 1024
+#define PYSPEC_PACKED_PREFETCH 512
 #endif
 constexpr int64_t kPackedPrefetchBytes = PYSPEC_PACKED_PREFETCH;
 

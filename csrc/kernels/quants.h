@@ -185,16 +185,29 @@ template <> struct SubBlock<QType::Q5_K> : KBlock<QType::Q5_K> { using KBlock::K
 // (d scale) (q - 32), one scale per 16 values.
 template <>
 struct SubBlock<QType::Q6_K> {
-  const uint8_t* ql;
-  const uint8_t* qh;
-  int lo_shift, hi_shift;
+  alignas(32) uint8_t q[32];  // the sub-block's 6-bit quants, decoded with byte operations
   vfloat dl[2], offset[2];
   SubBlock(const uint8_t* b, int t) {
     const int h = t / 4, u = t % 4;
-    ql = b + h * 64 + (u % 2) * 32;
-    qh = b + 128 + h * 32;
-    lo_shift = 4 * (u / 2);
-    hi_shift = 2 * u;
+    const uint8_t* ql = b + h * 64 + (u % 2) * 32;
+    const uint8_t* qh = b + 128 + h * 32;
+#if defined(__AVX2__)
+    const __m256i lo_bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql));
+    const __m256i hi_bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qh));
+    const __m256i low4 = _mm256_set1_epi8(0x0f), bits45 = _mm256_set1_epi8(0x30);
+    const __m256i lo = _mm256_and_si256(u < 2 ? lo_bytes : _mm256_srli_epi16(lo_bytes, 4), low4);
+    __m256i hi;  // bits 2u, 2u + 1 of qh moved to bits 4, 5
+    switch (u) {
+      case 0: hi = _mm256_slli_epi16(hi_bytes, 4); break;
+      case 1: hi = _mm256_slli_epi16(hi_bytes, 2); break;
+      case 2: hi = hi_bytes; break;
+      default: hi = _mm256_srli_epi16(hi_bytes, 2); break;
+    }
+    _mm256_store_si256(reinterpret_cast<__m256i*>(q), _mm256_or_si256(lo, _mm256_and_si256(hi, bits45)));
+#else
+    for (int l = 0; l < 32; ++l)
+      q[l] = uint8_t(((ql[l] >> (4 * (u / 2))) & 15) | (((qh[l] >> (2 * u)) & 3) << 4));
+#endif
     const float d = half_to_float(b + 208);
     for (int s = 0; s < 2; ++s) {
       const float scale = d * float(reinterpret_cast<const int8_t*>(b + 192)[2 * t + s]);
@@ -202,11 +215,7 @@ struct SubBlock<QType::Q6_K> {
       offset[s] = splat(scale * -32.f);  // exact: (d scale) q - 32 (d scale) = (d scale) (q - 32)
     }
   }
-  vfloat get(int i) const {
-    const vint lo = (widen_bytes(ql + i * kLanes) >> lo_shift) & 15;
-    const vint hi = (widen_bytes(qh + i * kLanes) >> hi_shift) & 3;
-    return fmadd(dl[i / 2], to_vfloat(lo | (hi << 4)), offset[i / 2]);
-  }
+  vfloat get(int i) const { return fmadd(dl[i / 2], to_vfloat(widen_bytes(q + i * kLanes)), offset[i / 2]); }
 };
 
 // The block_values floats of one block of format QT at `b`.

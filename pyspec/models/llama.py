@@ -288,8 +288,8 @@ class LlamaModel(nn.Module):
         return x, hidden
 
     def _assign_packed(self, key: str, weight: PackedWeight, state: dict) -> None:
-        """Puts a packed weight in place: a projection becomes a :class:`PackedLinear` (its bias, popped
-        from ``state``, with it); the embedding or head a plain attribute."""
+        """Puts a packed weight in place: a projection becomes a :class:`PackedLinear` (its bias, still in
+        ``state``, loads with the other tensors); the embedding or head a plain attribute."""
         if key in ("embed_tokens", "lm_head"):
             if key == "lm_head" and self.lm_head is None:
                 return
@@ -300,7 +300,7 @@ class LlamaModel(nn.Module):
         if kind != "weight":
             raise ValueError(f"a packed tensor must be a weight, got {key}")
         parent, _, name = path.rpartition(".")
-        bias = state.pop(f"{path}.bias", None)
+        bias = state.get(f"{path}.bias")
         setattr(self.get_submodule(parent), name, PackedLinear(weight, bias))
 
     def load_hf_state_dict(self, state: dict[str, torch.Tensor]) -> None:

@@ -1,0 +1,181 @@
+"""Packed GGUF weights: every format decodes exactly as gguf-py's reference, linear over packed rows is
+bitwise the fp32 linear over the dequantised weight (any M, parts, threads), bad input is a clear
+error, and a packed model gives the dequantised model's logits and tokens bit for bit."""
+
+import gguf
+import numpy as np
+import pytest
+import torch
+
+import pyspec
+from pyspec import ops
+from pyspec.models.packed import PACKED_TYPES, PackedWeight
+
+FORMATS = list(PACKED_TYPES)
+
+
+def random_blocks(fmt: str, rows: int, k: int, seed: int = 0) -> np.ndarray:
+    """Random bytes in ggml blocks of ``fmt`` (every bit pattern is a valid block) with finite float16
+    scales; uint8 ``[rows, row_bytes]``. Random data covers every quant value and scale bit."""
+    qtype = gguf.GGMLQuantizationType[fmt]
+    values, size = gguf.GGML_QUANT_SIZES[qtype]
+    rng = np.random.default_rng(seed)
+    raw = rng.integers(0, 256, size=(rows, k // values, size), dtype=np.uint8)
+    halves = {"Q4_0": [0], "Q5_0": [0], "Q8_0": [0], "Q4_1": [0, 2], "Q5_1": [0, 2], "Q4_K": [0, 2], "Q5_K": [0, 2]}
+    for offset in halves.get(fmt, [208]):  # Q6_K keeps d last
+        h = (rng.standard_normal((rows, k // values)) * 0.05).astype(np.float16)
+        raw[:, :, offset : offset + 2] = h.view(np.uint8).reshape(rows, k // values, 2)
+    return raw.reshape(rows, -1)
+
+
+def reference(blocks: np.ndarray, fmt: str) -> torch.Tensor:
+    qtype = gguf.GGMLQuantizationType[fmt]
+    return torch.from_numpy(np.asarray(gguf.quants.dequantize(blocks, qtype), dtype=np.float32).copy())
+
+
+def k_for(fmt: str) -> int:
+    return 512 if fmt.endswith("_K") else 576  # 576: SmolLM2's hidden size, not a multiple of 256
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_dequantize_rows_matches_gguf(fmt):
+    k = k_for(fmt)
+    blocks = random_blocks(fmt, 21, k)
+    ids = torch.tensor([20, 0, 7, 7, 3])
+    got = ops.dequantize_rows(torch.from_numpy(blocks), PACKED_TYPES[fmt], k, ids)
+    assert torch.equal(got, reference(blocks, fmt).reshape(21, k)[ids])
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_linear_packed_is_bitwise_fp32_linear(fmt):
+    """The exact contract: same bits as the fp32 linear over the dequantised weight, for the one-row,
+    few-row and many-row kernels, with a bias, split in parts, on one and two threads."""
+    k, n = k_for(fmt), 37  # 37: full groups of 4 rows and a tail
+    blocks = torch.from_numpy(random_blocks(fmt, n, k, seed=1))
+    dense = reference(blocks.numpy(), fmt).reshape(n, k)
+    bias = torch.randn(n)
+    code = PACKED_TYPES[fmt]
+    threads = torch.get_num_threads()
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            for m in (1, 2, 3, 4, 9):
+                x = torch.randn(m, k)
+                y = ops.linear_packed(x, [blocks], [code], bias)
+                assert torch.equal(y, ops.linear(x, dense, bias)), (fmt, m, t)
+                assert torch.equal(ops.linear_packed(x[-1:], [blocks], [code], bias), y[-1:])  # row invariant
+                parts = ops.linear_packed(x, [blocks[:10], blocks[10:]], [code, code], bias)
+                assert torch.equal(parts, y)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_linear_packed_mixed_formats_in_parts():
+    """A fused projection whose rows are stored in two formats (Q4_K_M's v rows in Q6_K)."""
+    a, b = random_blocks("Q4_K", 12, 512, seed=2), random_blocks("Q6_K", 6, 512, seed=3)
+    dense = torch.cat([reference(a, "Q4_K").reshape(12, 512), reference(b, "Q6_K").reshape(6, 512)])
+    w = PackedWeight.cat(
+        [PackedWeight([torch.from_numpy(a)], [PACKED_TYPES["Q4_K"]], 512),
+         PackedWeight([torch.from_numpy(b)], [PACKED_TYPES["Q6_K"]], 512)]
+    )
+    assert w.formats == ["Q4_K", "Q6_K"] and w.shape == (18, 512)
+    assert torch.equal(w.dequantize(), dense)
+    x = torch.randn(5, 512)
+    assert torch.equal(ops.linear_packed(x, w.parts, w.qtypes), ops.linear(x, dense))
+    rows = torch.tensor([1, 4, 13])
+    assert torch.equal(w[rows].dequantize(), dense[rows])
+
+
+def test_packed_bad_inputs_are_clear_errors():
+    blocks = torch.from_numpy(random_blocks("Q8_0", 4, 64))
+    x = torch.randn(2, 64)
+    q8 = PACKED_TYPES["Q8_0"]
+    with pytest.raises(RuntimeError, match="not a packed format"):
+        ops.linear_packed(x, [blocks], [1])
+    with pytest.raises(RuntimeError, match=r"must be \[rows, 68\]"):
+        ops.linear_packed(x, [blocks[:, :60].contiguous()], [q8])
+    with pytest.raises(RuntimeError, match="multiple of"):
+        ops.linear_packed(torch.randn(2, 48), [blocks], [q8])
+    with pytest.raises(RuntimeError, match="uint8"):
+        ops.linear_packed(x, [blocks.float()], [q8])
+    with pytest.raises(RuntimeError, match="float32"):
+        ops.linear_packed(x.bfloat16(), [blocks], [q8])
+    with pytest.raises(RuntimeError, match="one ggml type per weight part"):
+        ops.linear_packed(x, [blocks, blocks], [q8])
+    with pytest.raises(RuntimeError, match=r"bias must be \[N = 4\]"):
+        ops.linear_packed(x, [blocks], [q8], torch.zeros(3))
+    with pytest.raises(RuntimeError, match="out of range"):
+        ops.dequantize_rows(blocks, q8, 64, torch.tensor([0, 4]))
+    with pytest.raises(ValueError, match="not packed formats"):
+        PackedWeight([blocks], [0], 64)
+
+
+@pytest.fixture(scope="module")
+def smollm2_pair():
+    return (
+        pyspec.load_model("smollm2-135m-instruct", progress=False),
+        pyspec.load_model("smollm2-135m-instruct", packed=True, progress=False),
+    )
+
+
+def test_packed_model_logits_are_the_dense_models_bits(smollm2_pair):
+    """Prefill and verification-sized passes: every logit equal, bit for bit."""
+    from pyspec.batch import StepBatch
+
+    dense, packed = smollm2_pair
+    assert packed.packed and not dense.packed
+    nbytes = sum(w.nbytes for w in [packed.embed_tokens] + [
+        getattr(layer, n).weight for layer in packed.layers for n in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
+    ])
+    assert nbytes < 0.2 * sum(p.numel() * 4 for p in dense.parameters())
+    tokens = packed.tokenizer("def fibonacci(n):\n    return", add_special_tokens=False)["input_ids"]
+    outs = []
+    for model in (dense, packed):
+        cache = model.new_cache(num_pages=8, page_size=16)
+        seqs = [cache.add_sequence(), cache.add_sequence()]
+        batch = StepBatch.build(cache, seqs, [tokens, tokens[:3]])
+        rows = torch.arange(len(tokens) + 3)
+        outs.append(model(batch, cache, logits_rows=rows).logits)
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_packed_model_generates_the_dense_models_tokens(smollm2_pair):
+    """Greedy AR and speculative decoding: packed tokens equal the dense model's."""
+    dense, packed = smollm2_pair
+    prompts = ["Write a haiku about the sea.", "def is_prime(n):"]
+    want = [o.tokens for o in pyspec.generate(dense, prompts, max_new_tokens=24)]
+    assert [o.tokens for o in pyspec.generate(packed, prompts, max_new_tokens=24)] == want
+    spec = pyspec.generate(packed, prompts, max_new_tokens=24, drafts=["ngram"])
+    assert [o.tokens for o in spec] == want
+
+
+def test_load_packed_rejects_what_it_cannot_do(tmp_path):
+    with pytest.raises(ValueError, match="float32"):
+        pyspec.load_model("smollm2-135m-instruct", packed=True, dtype=torch.bfloat16, progress=False)
+    with pytest.raises(FileNotFoundError, match="only GGUF weights load packed"):
+        pyspec.load_model(tmp_path, packed=True, progress=False)
+
+
+def test_qwen_real_tensors_are_exact():
+    """Qwen2.5-Coder's own Q4_K and Q6_K tensors (when installed): packed linear equals the fp32 linear
+    over gguf's dequantisation, bit for bit."""
+    from pyspec.models.loading import ModelNotFoundError, gguf_file
+
+    try:
+        path = gguf_file("qwen2.5-coder-1.5b-instruct")
+    except ModelNotFoundError:
+        pytest.skip("Qwen2.5-Coder-1.5B is not installed (make qwen)")
+    reader = gguf.GGUFReader(str(path))
+    seen = set()
+    for t in reader.tensors:
+        fmt = t.tensor_type.name
+        if fmt not in PACKED_TYPES or fmt in seen or t.name.startswith(("token_embd", "output")):
+            continue
+        seen.add(fmt)
+        rows, k = (int(d) for d in reversed(t.shape.tolist()))
+        blocks = torch.from_numpy(np.array(t.data, dtype=np.uint8).reshape(rows, -1)[:256].copy())
+        dense = reference(blocks.numpy(), fmt).reshape(-1, k)
+        for m in (1, 5):
+            x = torch.randn(m, k)
+            assert torch.equal(ops.linear_packed(x, [blocks], [PACKED_TYPES[fmt]]), ops.linear(x, dense)), fmt
+    assert seen == {"Q4_K", "Q6_K"}
