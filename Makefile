@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 EXT_SOURCES := $(shell find csrc -name '*.h' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.cu') setup.py pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: setup run test bench bench-step bench-ar bench-spec bench-planner bench-batch bench-suite bench-heavy bench-drafts train-drafts train-qwen-draft train-apar bench-apar qwen lint test-slow wheel-check cuda-build-check cmake-build clean
+.PHONY: setup run test bench bench-step bench-ar bench-spec bench-planner bench-batch bench-suite bench-heavy bench-drafts train-drafts train-qwen-draft train-apar bench-apar qwen llamacpp bench-llamacpp lint test-slow wheel-check cuda-build-check cmake-build clean
 
 setup: $(VENV)/.built
 
@@ -49,6 +49,21 @@ bench-spec: setup
 # One decoding pass taken apart: pass time, its kernels alone, overhead, weight-streaming floor, HF forward.
 bench-step: setup
 	$(PY) benchmarks/step.py
+
+# llama.cpp (llama-cpp-python, built from source for this CPU) in its own environment, for
+# benchmarks/llamacpp.py only: never part of `make test`. ~15 min on 2 cores.
+LLAMACPP_VENV := .venv-llamacpp
+$(LLAMACPP_VENV)/.built:
+	test -x $(LLAMACPP_VENV)/bin/python || $(PYTHON) -m venv $(LLAMACPP_VENV)
+	$(LLAMACPP_VENV)/bin/python -m pip install --quiet --upgrade pip
+	CMAKE_BUILD_PARALLEL_LEVEL=2 $(LLAMACPP_VENV)/bin/python -m pip install --quiet --no-binary llama-cpp-python llama-cpp-python==0.3.36
+	touch $@
+
+llamacpp: $(LLAMACPP_VENV)/.built
+
+# pyspec on packed GGUF weights against llama.cpp on the same files, threads and prompts (+ HF plain).
+bench-llamacpp: setup llamacpp
+	$(PY) benchmarks/llamacpp.py
 
 bench-planner: setup
 	$(PY) benchmarks/planner.py
