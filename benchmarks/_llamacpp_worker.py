@@ -21,6 +21,7 @@ from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
 
 def run(llm, ids, max_new, eos):
     tokens, first = [], None
+    llm.reset()  # evaluate the whole prompt: no KV reuse from the previous run (also a fair prefill)
     start = time.perf_counter()
     for tok in llm.generate(ids, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0, reset=True):
         if first is None:

@@ -149,7 +149,9 @@ def bench_model(key: str, limit: int, max_new: int, repeats: int, threads: int) 
             "packed_ar_vs_llamacpp_decode": round(med("pyspec packed ar") / med("llama.cpp plain"), 3),
             "packed_ngram_vs_llamacpp_decode": round(med("pyspec packed ngram") / med("llama.cpp plain"), 3),
             "packed_ngram_vs_hf_plain": round(med("pyspec packed ngram", "tokens_per_second") / med("HF generate() fp32", "tokens_per_second"), 3),
-            "llamacpp_lookup_identical": f"{rows['llama.cpp lookup']['identical_to_llamacpp_plain']}/{rows['llama.cpp lookup']['runs']}",
+            "llamacpp_lookup_identical": "{}/{}".format(
+                rows["llama.cpp lookup"]["identical_to_llamacpp_plain"], rows["llama.cpp lookup"]["runs"]
+            ),
             "pyspec_lossless": all(r["tokens"] == reference[r["prompt"]] for r in pyspec_runs),
         },
     }
@@ -174,7 +176,8 @@ def table(result: dict) -> str:
         d = f"{dec['median']:.2f} ({dec['min']:.2f}-{dec['max']:.2f})" if dec else "-"
         e = row["tokens_per_second"]["median"]
         same = row.get("identical_to_fp32_ar", row.get("identical_to_llamacpp_plain"))
-        lines.append(f"{label:24} {d:>26} {e:>18.2f} {f'{same}/{row['runs']}':>10}")
+        same = f"{same}/{row['runs']}"
+        lines.append(f"{label:24} {d:>26} {e:>18.2f} {same:>10}")
     g = result["greedy_agreement_with_llamacpp"]
     lines.append(f"pyspec fp32 greedy == llama.cpp plain on {g['identical']}/{g['prompts']} prompts "
                  f"(mean common prefix {g['mean_common_prefix']:.1f} tokens)")
