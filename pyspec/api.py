@@ -27,6 +27,7 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
     packed: bool = False,
+    compute: str = "exact",
 ) -> LlamaModel:
     """Loads a model and its tokenizer (``model.tokenizer``, with its chat template).
 
@@ -38,6 +39,9 @@ def load_model(
     (:mod:`pyspec.models.packed`), a sixth to an eighth of the fp32 memory; the projections, head and
     embeddings compute exactly as over the dequantised fp32 weights, so every token and logit is the
     same bits as with ``packed=False``. Packed models run in float32 on the CPU.
+    ``compute="q8"`` (with ``packed=True``): llama.cpp-style int8 activations and integer dot products
+    (:func:`pyspec.ops.linear_q8`), faster; still row invariant, so speculation stays lossless against
+    this model's own AR decoding, but its tokens are not the fp32 model's (a different target).
 
     Example:
         >>> model = load_model("smollm2-135m-instruct")  # doctest: +SKIP
@@ -46,13 +50,15 @@ def load_model(
         >>> load_model("smollm2-135m-instruct", packed=True).packed  # doctest: +SKIP
         True
     """
+    if compute != "exact" and not packed:
+        raise ValueError(f"compute={compute!r} needs packed=True (it runs on the packed GGUF blocks)")
     if packed:
         if dtype != torch.float32:
             raise ValueError(f"packed weights compute in float32 (exactly as the dequantised fp32 model), got dtype {dtype}")
         path = gguf_file(name_or_path)
         folder = prepare_gguf(path, progress, weights=False)  # config and tokenizer
         config = load_config(folder)
-        _, state = read_packed_gguf(path, progress=progress)
+        _, state = read_packed_gguf(path, progress=progress, compute=compute)
     else:
         folder = resolve(name_or_path, progress=progress)
         config = load_config(folder)
@@ -63,7 +69,8 @@ def load_model(
     model.to(dtype)
     model.inv_freq = model.inv_freq.float()
     model.tokenizer = load_tokenizer(folder)
-    model.name = str(name_or_path) + ("@packed" if packed else "")
+    model.name = str(name_or_path) + (("@q8" if compute == "q8" else "@packed") if packed else "")
+    model.compute = compute
     model.folder = folder
     return model.eval()
 

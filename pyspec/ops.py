@@ -77,6 +77,7 @@ __all__ = [
     "rope_inv_freq",
     "linear",
     "linear_packed",
+    "linear_q8",
     "dequantize_rows",
 ]
 
@@ -257,6 +258,30 @@ def linear_packed(
         True
     """
     return torch.ops.pyspec.linear_packed(x, weights, [int(q) for q in qtypes], bias)
+
+
+def linear_q8(
+    x: torch.Tensor,
+    weights: list[torch.Tensor],
+    qtypes: list[int],
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`linear_packed` with llama.cpp-style numerics: each row of ``x`` quantised to int8 per 32
+    values (``d = max|x| / 127``), exact integer dot products per weight sub-block, combined in float
+    in a fixed order. Faster than the exact kernels and row invariant (a row's output does not depend
+    on M, the other rows or the threads: lossless speculation holds), but not fp32: its tokens are a
+    different target's. Formats: Q4_0, Q4_1, Q8_0, Q4_K, Q6_K (others: a clear error). CPU, AVX2.
+
+    Example:
+        >>> import gguf
+        >>> q = gguf.GGMLQuantizationType.Q8_0
+        >>> packed = torch.from_numpy(gguf.quants.quantize(torch.randn(8, 64).numpy(), q))
+        >>> x = torch.randn(3, 64)
+        >>> y = linear_q8(x, [packed], [q])
+        >>> torch.equal(linear_q8(x[1:2], [packed], [q]), y[1:2])
+        True
+    """
+    return torch.ops.pyspec.linear_q8(x, weights, [int(q) for q in qtypes], bias)
 
 
 def dequantize_rows(weight: torch.Tensor, qtype: int, k: int, ids: torch.Tensor) -> torch.Tensor:
@@ -504,6 +529,13 @@ def _(x, weight, bias):
 def _(x, weights, qtypes, bias):
     _one_device(x, *weights, bias)
     torch._check(x.dim() == 2, lambda: "pyspec: linear_packed needs x [M, K]")
+    return x.new_empty(x.shape[0], sum(w.shape[0] for w in weights))
+
+
+@torch.library.register_fake("pyspec::linear_q8")
+def _(x, weights, qtypes, bias):
+    _one_device(x, *weights, bias)
+    torch._check(x.dim() == 2, lambda: "pyspec: linear_q8 needs x [M, K]")
     return x.new_empty(x.shape[0], sum(w.shape[0] for w in weights))
 
 

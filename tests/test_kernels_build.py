@@ -27,7 +27,7 @@ def test_cpu_kernels_compile_alone_with_gxx(tmp_path):
         pytest.skip("no C++ compiler")
     unit = tmp_path / "cpu_kernels.cpp"
     unit.write_text(
-        '#include "tree_attention.h"\n#include "paged_kv.h"\n#include "linear.h"\n#include "norm.h"\n#include "linear_packed.h"\n'
+        '#include "tree_attention.h"\n#include "paged_kv.h"\n#include "linear.h"\n#include "norm.h"\n#include "linear_packed.h"\n#include "linear_q8.h"\n'
         "using namespace pyspec;\n"
         "template void cpu::run_attention_item<float>(const cpu::TreeAttentionParams<float>&,"
         " const cpu::AttentionItem&, cpu::Partials&);\n"
@@ -43,7 +43,9 @@ def test_cpu_kernels_compile_alone_with_gxx(tmp_path):
         " int64_t, int64_t);\n"
         "void packed(const cpu::PackedLinearParams& p, const std::vector<cpu::PackedPart>& parts,"
         " const std::vector<cpu::PackedGroup>& groups, const int64_t* ids, float* out) {"
-        " cpu::linear_packed(p, parts, groups, 0, 1); cpu::dequant_rows(parts[0].data, 14, 256, ids, 1, out); }\n"
+        " cpu::linear_packed(p, parts, groups, 0, 1); cpu::dequant_rows(parts[0].data, 14, 256, ids, 1, out);"
+        " cpu::Q8Rows xq(1, 256); cpu::quantize_row_q8(out, 0, xq);"
+        " cpu::linear_q8(xq, nullptr, out, 1, 1, parts, groups, 0, 1); }\n"
     )
     for arch in ([], ["-march=native"]):
         subprocess.run(

@@ -179,3 +179,61 @@ def test_qwen_real_tensors_are_exact():
             x = torch.randn(m, k)
             assert torch.equal(ops.linear_packed(x, [blocks], [PACKED_TYPES[fmt]]), ops.linear(x, dense)), fmt
     assert seen == {"Q4_K", "Q6_K"}
+
+
+Q8_FORMATS = ["Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q6_K"]
+
+
+def q8_reference(x: torch.Tensor, dense: torch.Tensor, block: int) -> torch.Tensor:
+    """fp64 product of x quantised per ``block`` values (d = max|x| / 127, round half to even) with the
+    dequantised weight: what linear_q8 computes, up to float32 rounding."""
+    xb = x.double().view(x.shape[0], -1, block)
+    d = xb.abs().amax(-1, keepdim=True) / 127
+    q = torch.where(d > 0, torch.round(xb / torch.where(d > 0, d, torch.ones_like(d))), torch.zeros_like(xb))
+    return (q * d).view_as(x) @ dense.double().T
+
+
+@pytest.mark.parametrize("fmt", Q8_FORMATS)
+def test_linear_q8_numerics_and_row_invariance(fmt):
+    """q8 compute: int8 activations per 32 (K-quants: per 256) values, exact integer sums; each row's
+    output the same bits alone, in any block of rows and on any number of threads."""
+    k, n = 512, 29
+    blocks = torch.from_numpy(random_blocks(fmt, n, k, seed=4))
+    dense = reference(blocks.numpy(), fmt).reshape(n, k)
+    if fmt in ("Q4_K", "Q5_K"):  # random minimums cancel the sums; real files' scales are tamer
+        dense_scale = dense.abs().sum(-1).max()
+    else:
+        dense_scale = None
+    code = PACKED_TYPES[fmt]
+    x = torch.randn(9, k)
+    y = ops.linear_q8(x, [blocks], [code])
+    want = q8_reference(x, dense, 256 if fmt.endswith("_K") else 32)
+    bound = (dense_scale if dense_scale is not None else want.abs().max()) * 1e-5
+    assert (y.double() - want).abs().max() <= bound
+    threads = torch.get_num_threads()
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            for m in (1, 2, 5):
+                assert torch.equal(ops.linear_q8(x[:m], [blocks], [code]), y[:m])
+            assert torch.equal(ops.linear_q8(x[4:5], [blocks[:7], blocks[7:]], [code, code]), y[4:5])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_linear_q8_rejects_formats_it_lacks():
+    blocks = torch.from_numpy(random_blocks("Q5_K", 4, 256))
+    with pytest.raises(RuntimeError, match="q8 compute takes"):
+        ops.linear_q8(torch.randn(1, 256), [blocks], [PACKED_TYPES["Q5_K"]])
+    with pytest.raises(ValueError, match="needs packed=True"):
+        pyspec.load_model("smollm2-135m-instruct", compute="q8", progress=False)
+
+
+def test_q8_model_speculation_is_lossless_against_its_own_ar():
+    """A q8 model is its own target: n-gram speculation gives its AR tokens exactly (row invariance)."""
+    model = pyspec.load_model("smollm2-135m-instruct", packed=True, compute="q8", progress=False)
+    assert model.layers[0].qkv_proj.weight.q8 and model.head_weight.q8
+    prompts = ["List three prime numbers and explain why.", "def fibonacci(n):"]
+    want = [o.tokens for o in pyspec.generate(model, prompts, max_new_tokens=32)]
+    assert [o.tokens for o in pyspec.generate(model, prompts, max_new_tokens=32, drafts=["ngram"])] == want
+    assert [pyspec.generate(model, p, max_new_tokens=32)[0].tokens for p in prompts] == want  # batch of 1

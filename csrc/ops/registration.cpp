@@ -39,6 +39,8 @@ TORCH_LIBRARY(pyspec, m) {
   // dequantised weight; dequantize_rows widens chosen rows (an embedding lookup).
   m.def("linear_packed(Tensor x, Tensor[] weights, int[] qtypes, Tensor? bias) -> Tensor");
   m.def("dequantize_rows(Tensor weight, int qtype, int K, Tensor ids) -> Tensor");
+  // linear_packed with x quantised to int8 per row (llama.cpp-style, fixed order, row invariant; not fp32).
+  m.def("linear_q8(Tensor x, Tensor[] weights, int[] qtypes, Tensor? bias) -> Tensor");
   // RMSNorm of each row (fixed order); add_rms_norm also returns x + residual, the new residual stream.
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
   m.def("add_rms_norm(Tensor x, Tensor residual, Tensor weight, float eps) -> (Tensor, Tensor)");

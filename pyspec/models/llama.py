@@ -29,13 +29,14 @@ _silu_mul = torch.ops.pyspec.silu_mul.default
 _rope_kv_append = torch.ops.pyspec.rope_kv_append.default
 _attention = torch.ops.pyspec.tree_attention_run.default
 _linear_packed = torch.ops.pyspec.linear_packed.default
+_linear_q8 = torch.ops.pyspec.linear_q8.default
 
 
 def _project(x: torch.Tensor, weight, bias: torch.Tensor | None) -> torch.Tensor:
-    """``x @ weight.T + bias`` for an fp32/bf16 weight or a :class:`PackedWeight` (same bits as over its
-    dequantised tensor)."""
+    """``x @ weight.T + bias`` for an fp32/bf16 weight or a :class:`PackedWeight` (exact: the bits of its
+    dequantised tensor; or q8 compute, see :func:`pyspec.ops.linear_q8`)."""
     if type(weight) is PackedWeight:
-        return _linear_packed(x, weight.parts, weight.qtypes, bias)
+        return (_linear_q8 if weight.q8 else _linear_packed)(x, weight.parts, weight.qtypes, bias)
     return _linear(x, weight, bias)
 
 # Projections stored side by side in one weight (one matmul each): name -> (fused name, parts in order).

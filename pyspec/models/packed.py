@@ -18,6 +18,9 @@ from pyspec.models.config import ModelConfig
 
 # ggml type codes (gguf.GGMLQuantizationType) that pyspec's kernels decode.
 PACKED_TYPES = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14}
+# Those the q8 kernels take (int8 activations, :func:`pyspec.ops.linear_q8`).
+Q8_TYPES = {"Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q6_K"}
+COMPUTE = ("exact", "q8")
 _TYPE_NAMES = {code: name for name, code in PACKED_TYPES.items()}
 
 
@@ -27,6 +30,9 @@ class PackedWeight:
     Behaves where the decoder needs it like the fp32 weight it stands for (``shape``, ``dtype``,
     ``device``, row selection); :meth:`dequantize` gives that weight. Several parts let a fused
     projection keep rows stored in different formats (Q4_K_M files store some v rows in Q6_K).
+    ``compute``: ``"exact"`` (bitwise the fp32 linear over :meth:`dequantize`) or ``"q8"``
+    (:func:`pyspec.ops.linear_q8`: int8 activations, faster, not fp32; a weight with a part in a
+    format the q8 kernels lack stays exact, see :attr:`q8`).
 
     Example:
         >>> import gguf
@@ -43,7 +49,7 @@ class PackedWeight:
     dtype = torch.float32  # what it computes in
     device = torch.device("cpu")
 
-    def __init__(self, parts: list[torch.Tensor], qtypes: list[int], k: int) -> None:
+    def __init__(self, parts: list[torch.Tensor], qtypes: list[int], k: int, compute: str = "exact") -> None:
         if len(parts) != len(qtypes) or not parts:
             raise ValueError(f"need one ggml type per part, got {len(parts)} parts and {len(qtypes)} types")
         unknown = [q for q in qtypes if int(q) not in _TYPE_NAMES]
@@ -53,6 +59,10 @@ class PackedWeight:
         self.qtypes = [int(q) for q in qtypes]
         self.k = int(k)
         self.shape = (sum(p.shape[0] for p in self.parts), self.k)
+        if compute not in COMPUTE:
+            raise ValueError(f"compute must be one of {COMPUTE}, got {compute!r}")
+        self.compute = compute
+        self.q8 = compute == "q8" and all(f in Q8_TYPES for f in self.formats) and self.k % 32 == 0
 
     @property
     def formats(self) -> list[str]:
@@ -88,7 +98,7 @@ class PackedWeight:
             raise ValueError("row ids of a multi-format packed weight must keep the parts' order")
         rows = [self.parts[i][ids[part == i] - int(starts[i])] for i in range(len(self.parts))]
         kept = [i for i, r in enumerate(rows) if r.shape[0]]
-        return PackedWeight([rows[i] for i in kept], [self.qtypes[i] for i in kept], self.k)
+        return PackedWeight([rows[i] for i in kept], [self.qtypes[i] for i in kept], self.k, self.compute)
 
     def contiguous(self) -> PackedWeight:
         return self
@@ -111,10 +121,11 @@ class PackedWeight:
                 else:
                     parts.append(p)
                     qtypes.append(q)
-        return PackedWeight(parts, qtypes, weights[0].k)
+        return PackedWeight(parts, qtypes, weights[0].k, weights[0].compute)
 
     def __repr__(self) -> str:
-        return f"PackedWeight(shape={self.shape}, formats={self.formats}, {self.nbytes / 1e6:.1f} MB)"
+        mode = "q8" if self.q8 else "exact"
+        return f"PackedWeight(shape={self.shape}, formats={self.formats}, {mode}, {self.nbytes / 1e6:.1f} MB)"
 
 
 class PackedLinear(torch.nn.Module):
@@ -126,13 +137,15 @@ class PackedLinear(torch.nn.Module):
         self.bias = None if bias is None else torch.nn.Parameter(bias, requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.linear_packed(x, self.weight.parts, self.weight.qtypes, self.bias)
+        w = self.weight
+        return (ops.linear_q8 if w.q8 else ops.linear_packed)(x, w.parts, w.qtypes, self.bias)
 
 
-def read_packed_gguf(path: Path, progress: bool = True) -> tuple[ModelConfig, dict]:
+def read_packed_gguf(path: Path, progress: bool = True, compute: str = "exact") -> tuple[ModelConfig, dict]:
     """Reads a GGUF file keeping its 2-D tensors in packed formats pyspec decodes as
-    :class:`PackedWeight` under their Hugging Face names; other tensors (norms, biases, F16/F32 or
-    formats pyspec does not decode) dequantised to fp32 tensors. Returns ``(config, state)``."""
+    :class:`PackedWeight` (with ``compute``) under their Hugging Face names; other tensors (norms,
+    biases, F16/F32 or formats pyspec does not decode) dequantised to fp32 tensors. Returns
+    ``(config, state)``."""
     import gguf
     from tqdm import tqdm
 
@@ -150,7 +163,8 @@ def read_packed_gguf(path: Path, progress: bool = True) -> tuple[ModelConfig, di
             blocks = np.asarray(t.data, dtype=np.uint8).reshape(dims[0], -1)  # [rows, row_bytes]
             if permute:
                 blocks = unpermute_rotary(blocks, heads)
-            state[hf_name(t.name)] = PackedWeight([torch.from_numpy(np.array(blocks, order="C"))], [code], dims[1])
+            data = torch.from_numpy(np.array(blocks, order="C"))
+            state[hf_name(t.name)] = PackedWeight([data], [code], dims[1], compute)
         else:
             w = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(dims)
             if permute:

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "../../kernels/linear_packed.h"
+#include "../../kernels/linear_q8.h"
 #include "../checks.h"
 
 namespace pyspec {
@@ -64,6 +65,52 @@ at::Tensor linear_packed_cpu(const at::Tensor& x, at::TensorList weights, at::In
   return y;
 }
 
+// x quantised to int8 per row and 32 values, integer dot products (csrc/kernels/linear_q8.h).
+at::Tensor linear_q8_cpu(const at::Tensor& x, at::TensorList weights, at::IntArrayRef qtypes,
+                         const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(cpu::q8_available(), "pyspec: q8 compute needs an AVX2 build of the extension");
+  TORCH_CHECK(x.dim() == 2, "pyspec: x must be 2-D [M, K], got shape ", shape_str(x));
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "pyspec: x must be float32 with packed weights, got ", x.scalar_type());
+  TORCH_CHECK(x.is_contiguous(), "pyspec: x must be contiguous");
+  TORCH_CHECK(!weights.empty() && weights.size() == qtypes.size(), "pyspec: linear_q8 needs one ggml type per weight part, got ",
+              weights.size(), " parts and ", qtypes.size(), " types");
+  const int64_t M = x.size(0), K = x.size(1);
+  TORCH_CHECK(K % 32 == 0, "pyspec: q8 compute needs K a multiple of 32, got ", K);
+  std::vector<cpu::PackedPart> parts;
+  int64_t N = 0;
+  for (size_t i = 0; i < weights.size(); ++i) {
+    TORCH_CHECK(cpu::q8_supported(int(qtypes[i])), "pyspec: q8 compute takes ggml types Q4_0, Q4_1, Q8_0, Q4_K and Q6_K; part ", i,
+                " has type ", qtypes[i], " (use the exact linear_packed)");
+    parts.push_back(check_packed(weights[i], qtypes[i], K, "weight part"));
+    parts.back().first_row = N;
+    N += parts.back().rows;
+  }
+  if (bias.has_value()) {
+    const at::Tensor& b = *bias;
+    TORCH_CHECK(b.dim() == 1 && b.size(0) == N, "pyspec: bias must be [N = ", N, "], got shape ", shape_str(b));
+    TORCH_CHECK(b.scalar_type() == at::kFloat && b.device().is_cpu() && b.is_contiguous(),
+                "pyspec: bias must be a contiguous float32 CPU tensor");
+  }
+  at::Tensor y = at::empty({M, N}, x.options());
+  if (M == 0 || N == 0) return y;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const cpu::QType qt = static_cast<cpu::QType>(parts[i].qtype);
+    TORCH_CHECK(K % 256 == 0 || (qt != cpu::QType::Q4_K && qt != cpu::QType::Q6_K),
+                "pyspec: K-quant rows need K a multiple of 256, got ", K);
+  }
+  cpu::Q8Rows xq(M, K);
+  const float* xp = x.data_ptr<float>();
+  at::parallel_for(0, M, 4, [&](int64_t b, int64_t e) {
+    for (int64_t m = b; m < e; ++m) cpu::quantize_row_q8(xp + m * K, m, xq);
+  });
+  const std::vector<cpu::PackedGroup> groups = cpu::packed_groups(parts);
+  const int64_t grain = std::max<int64_t>(1, 4 * kMinTaskMacs / (cpu::kLinearRowsN * K * M));
+  at::parallel_for(0, int64_t(groups.size()), grain, [&](int64_t b, int64_t e) {
+    cpu::linear_q8(xq, bias.has_value() ? bias->data_ptr<float>() : nullptr, y.data_ptr<float>(), M, N, parts, groups, b, e);
+  });
+  return y;
+}
+
 at::Tensor dequantize_rows_cpu(const at::Tensor& weight, int64_t qtype, int64_t K, const at::Tensor& ids) {
   TORCH_CHECK(K > 0, "pyspec: K must be positive, got ", K);
   const cpu::PackedPart part = check_packed(weight, qtype, K, "weight");
@@ -87,6 +134,7 @@ at::Tensor dequantize_rows_cpu(const at::Tensor& weight, int64_t qtype, int64_t 
 TORCH_LIBRARY_IMPL(pyspec, CPU, m) {
   m.impl("linear_packed", &linear_packed_cpu);
   m.impl("dequantize_rows", &dequantize_rows_cpu);
+  m.impl("linear_q8", &linear_q8_cpu);
 }
 
 }  // namespace pyspec

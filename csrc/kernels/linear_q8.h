@@ -1,0 +1,223 @@
+// CPU linear over GGUF-packed rows with int8 activations ("q8" compute): llama.cpp-style numerics in a
+// fixed order. Torch-free.
+//
+// Numerics. Each x row is quantised alone, d = max |x| / 127, q = round(x / d), per 32 values for the
+// 32-value formats (ggml's Q8_0) and per 256 for the K-quants (ggml's Q8_K). A weight block is
+// w = d * u + wo, u its quants (Q4_K: d sc_j u - dmin m_j; Q4_1: d u + m; Q4_0: d (u - 8); Q8_0: d u;
+// Q6_K: d sc (u - 32)). Per block, the integer sums (of sc u q, of q) are exact, so the order in which
+// SIMD lanes add them does not matter; the float steps are fixed: an 8-lane accumulator takes
+// (d dx) * the 8 lane sums by fused multiply-add block by block, a second accumulator the minimums'
+// term, and the result is reduce_lanes of the first minus/plus the second. No step depends on M,
+// on the other rows or on the threads: a row's output is the same bits alone or in a verified block,
+// which is what lossless speculation needs. It is not the fp32 result (x is rounded to 8 bits): a
+// different target from the exact kernels, chosen explicitly, never by a plan.
+//
+// Speed: integer multiply-adds (vpmaddubsw + vpmaddwd, 32 products in two instructions) replace the
+// widening of every weight to float; one float step per block.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "linear.h"
+#include "quants.h"
+
+namespace pyspec::cpu {
+
+// Formats the q8 kernels take (others: the caller uses the exact kernels for that part).
+inline bool q8_supported(int code) {
+  switch (static_cast<QType>(code)) {
+    case QType::Q4_0:
+    case QType::Q4_1:
+    case QType::Q8_0:
+    case QType::Q4_K:
+    case QType::Q6_K: return true;
+    default: return false;
+  }
+}
+
+// x rows quantised to int8 twice, as llama.cpp does for its two families of formats: per 32 values
+// (q32, d32, sum32: for the 32-value block formats) and per 256 values (q256, d256, sum16 per 16
+// values: for the K-quants). Row m occupies [m * K, (m + 1) * K) of q32 and q256.
+struct Q8Rows {
+  std::vector<int8_t> q32, q256;
+  std::vector<float> d32, d256;
+  std::vector<int32_t> sum32, sum16;
+  int64_t K = 0;
+
+  Q8Rows(int64_t M, int64_t K_)
+      : q32(M * K_), q256(K_ % 256 == 0 ? M * K_ : 0), d32(M * K_ / 32), d256(M * K_ / 256),
+        sum32(M * K_ / 32), sum16(M * K_ / 16), K(K_) {}
+};
+
+// q = round(x / d) (half to even), d = max |x| / 127, for the n values at x; returns d.
+inline float quantize_block_q8(const float* x, int n, int8_t* q) {
+  float amax = 0.f;
+  for (int i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
+  const float id = amax > 0.f ? 127.f / amax : 0.f;
+  for (int i = 0; i < n; ++i) q[i] = int8_t(std::clamp(int(std::nearbyint(x[i] * id)), -127, 127));
+  return amax / 127.f;
+}
+
+// Quantises row x[K] (K a multiple of 32) into row m of `out`.
+inline void quantize_row_q8(const float* x, int64_t m, Q8Rows& out) {
+  const int64_t K = out.K;
+  for (int64_t b = 0; b < K / 32; ++b) {
+    int8_t* q = out.q32.data() + m * K + 32 * b;
+    out.d32[m * (K / 32) + b] = quantize_block_q8(x + 32 * b, 32, q);
+    int32_t s = 0;
+    for (int i = 0; i < 32; ++i) s += q[i];
+    out.sum32[m * (K / 32) + b] = s;
+  }
+  if (K % 256 != 0) return;
+  for (int64_t b = 0; b < K / 256; ++b) {
+    int8_t* q = out.q256.data() + m * K + 256 * b;
+    out.d256[m * (K / 256) + b] = quantize_block_q8(x + 256 * b, 256, q);
+    for (int g = 0; g < 16; ++g) {
+      int32_t s = 0;
+      for (int i = 0; i < 16; ++i) s += q[16 * g + i];
+      out.sum16[m * (K / 16) + 16 * b + g] = s;
+    }
+  }
+}
+
+// Q4_K's 8 six-bit scales (sc[0..7]) and minimums (sc[8..15]) of a block's 12 scale bytes: the same
+// values as scale_min_k4, unpacked with word operations.
+inline void scales_mins_k4(const uint8_t* s, uint8_t* out) {
+  uint32_t u[4];
+  memcpy(u, s, 12);
+  const uint32_t m1 = 0x3f3f3f3f, m2 = 0x0f0f0f0f, m3 = 0x03030303;
+  u[3] = ((u[2] >> 4) & m2) | (((u[1] >> 6) & m3) << 4);
+  const uint32_t mins_low = u[1] & m1;
+  u[1] = (u[2] & m2) | (((u[0] >> 6) & m3) << 4);
+  u[2] = mins_low;
+  u[0] &= m1;
+  memcpy(out, u, 16);
+}
+
+#if defined(__AVX2__)
+
+inline __m256i load32(const void* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+inline vfloat to_vfloat(__m256i v) { return reinterpret_cast<vfloat>(_mm256_cvtepi32_ps(v)); }
+
+// 8 int32 partial sums of 32 products u8 * s8 (lane j: values 4j .. 4j + 3): exact.
+inline __m256i dot_u8s8(__m256i u, __m256i s) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+}
+
+// The dot product of one packed weight row with row m of the quantised x. Two accumulators in a
+// fixed order: 8 float lanes for the scaled integer sums, one float for the minimums' terms.
+template <QType QT>
+float dot_q8(const uint8_t* w, const Q8Rows& xq, int64_t m) {
+  const int64_t K = xq.K;
+  const QFormat f = qformat(static_cast<int>(QT));
+  const __m256i low4 = _mm256_set1_epi8(0x0f);
+  vfloat acc = {};
+  float acc_min = 0.f;
+  if constexpr (QT == QType::Q4_K || QT == QType::Q6_K) {
+    // x per 256 values; per block: I = sum_j sc_j sum(u q) exact, one float step per block
+    const int8_t* qx = xq.q256.data() + m * K;
+    const float* dx = xq.d256.data() + m * (K / 256);
+    const int32_t* bsum = xq.sum16.data() + m * (K / 16);
+    for (int64_t blk = 0; blk < K / 256; ++blk, qx += 256, bsum += 16) {
+      const uint8_t* b = w + blk * f.block_bytes;
+      __m256i isum = _mm256_setzero_si256();
+      int32_t imin = 0;
+      float scale, scale_min = 0.f;
+      if constexpr (QT == QType::Q4_K) {
+        alignas(16) uint8_t sm[16];
+        scales_mins_k4(b + 4, sm);
+        for (int c = 0; c < 4; ++c) {
+          const __m256i v = load32(b + 16 + 32 * c);
+          const __m256i lo = _mm256_maddubs_epi16(_mm256_and_si256(v, low4), load32(qx + 64 * c));
+          const __m256i hi = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), low4), load32(qx + 64 * c + 32));
+          isum = _mm256_add_epi32(isum, _mm256_madd_epi16(lo, _mm256_set1_epi16(sm[2 * c])));
+          isum = _mm256_add_epi32(isum, _mm256_madd_epi16(hi, _mm256_set1_epi16(sm[2 * c + 1])));
+        }
+        for (int j = 0; j < 8; ++j) imin += int32_t(sm[8 + j]) * (bsum[2 * j] + bsum[2 * j + 1]);
+        scale = half_to_float(b) * dx[blk];
+        scale_min = half_to_float(b + 2) * dx[blk];
+      } else {  // Q6_K: w = d sc (u - 32) per 16 values: I = sum sc sum(u q) - 32 sum sc sum(q)
+        const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192);
+        for (int t = 0; t < 8; ++t) {
+          const SubBlock<QType::Q6_K> sub(b, t);
+          const __m256i prod = _mm256_maddubs_epi16(load32(sub.q), load32(qx + 32 * t));
+          const __m256i scales = _mm256_set_m128i(_mm_set1_epi16(sc[2 * t + 1]), _mm_set1_epi16(sc[2 * t]));
+          isum = _mm256_add_epi32(isum, _mm256_madd_epi16(prod, scales));
+        }
+        for (int g = 0; g < 16; ++g) imin += 32 * int32_t(sc[g]) * bsum[g];
+        scale = half_to_float(b + 208) * dx[blk];
+        scale_min = scale;
+      }
+      acc = fmadd(splat(scale), to_vfloat(isum), acc);
+      acc_min = std::fma(scale_min, float(imin), acc_min);
+    }
+    return reduce_lanes(acc) - acc_min;
+  } else {
+    // x per 32 values; per block: (d dx) sum(u q) + (wo dx) sum(q)
+    const int8_t* qx = xq.q32.data() + m * K;
+    const float* dx = xq.d32.data() + m * (K / 32);
+    const int32_t* sx = xq.sum32.data() + m * (K / 32);
+    for (int64_t blk = 0; blk < K / 32; ++blk) {
+      const uint8_t* b = w + blk * f.block_bytes;
+      const __m256i x = load32(qx + 32 * blk);
+      const float d = half_to_float(b);
+      __m256i p;
+      if constexpr (QT == QType::Q8_0) {
+        const __m256i q = load32(b + 2);
+        p = dot_u8s8(_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q));
+      } else {
+        const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + (QT == QType::Q4_1 ? 4 : 2)));
+        p = dot_u8s8(_mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low4), x);
+        const float wo = QT == QType::Q4_1 ? half_to_float(b + 2) : -8.f * d;
+        acc_min = std::fma(wo * dx[blk], float(sx[blk]), acc_min);
+      }
+      acc = fmadd(splat(d * dx[blk]), to_vfloat(p), acc);
+    }
+    return reduce_lanes(acc) + acc_min;
+  }
+}
+
+#endif  // __AVX2__
+
+// y = x W^T + b over `parts` (every part of a q8-supported format) for weight rows of work items
+// [begin, end), x given quantised. Needs an AVX2 build (q8_available()).
+inline bool q8_available() {
+#if defined(__AVX2__)
+  return true;
+#else
+  return false;
+#endif
+}
+
+inline void linear_q8(const Q8Rows& xq, const float* bias, float* y, int64_t M, int64_t N,
+                      const std::vector<PackedPart>& parts, const std::vector<PackedGroup>& groups, int64_t begin,
+                      int64_t end) {
+#if defined(__AVX2__)
+  for (int64_t g = begin; g < end; ++g) {
+    const PackedGroup& group = groups[g];
+    const PackedPart& part = parts[group.part];
+    dispatch_qtype(part.qtype, [&](auto qt) {
+      constexpr QType QT = decltype(qt)::value;
+      if constexpr (QT == QType::Q4_0 || QT == QType::Q4_1 || QT == QType::Q8_0 || QT == QType::Q4_K ||
+                    QT == QType::Q6_K) {
+        for (int64_t r = group.first; r < group.first + group.rows; ++r) {
+          const uint8_t* row = part.data + r * part.row_bytes;
+          const int64_t n = part.first_row + r;
+          for (int64_t m = 0; m < M; ++m) {
+            float s = dot_q8<QT>(row, xq, m);
+            if (bias != nullptr) s += bias[n];
+            y[m * N + n] = s;
+          }
+        }
+      }
+    });
+  }
+#else
+  (void)xq, (void)bias, (void)y, (void)M, (void)N, (void)parts, (void)groups, (void)begin, (void)end;
+#endif
+}
+
+}  // namespace pyspec::cpu
