@@ -7,10 +7,13 @@ it), greedy, batch 1, on held-out HumanEval and MT-bench prompts (the same token
   decoding and its prompt-lookup decoding, run in that environment by ``_llamacpp_worker.py``;
 - pyspec ``ar`` over the dequantised fp32 weights, ``ar`` over the packed weights (exact numerics:
   must give the fp32 tokens), and ``ngram`` (prompt-lookup drafts) over the packed weights;
+- pyspec ``ar`` and ``ngram`` with q8 compute (``load_model(..., packed=True, compute="q8")``: int8
+  activations, llama.cpp-style numerics; its own target: checked against its own ``ar``, and its
+  greedy agreement with fp32 and with llama.cpp reported);
 - Hugging Face ``generate()`` fp32 plain, the baseline of the issue's ``>= 3x``.
 
-Every pyspec mode is checked token for token against pyspec fp32 ``ar``; llama.cpp's lookup against
-its own plain output. Decode tokens/s leaves the prefill out (time from the first new token to the
+Every exact pyspec mode is checked token for token against pyspec fp32 ``ar``, q8 ``ngram`` against
+q8 ``ar``; llama.cpp's lookup against its own plain output. Decode tokens/s leaves the prefill out (time from the first new token to the
 last); end-to-end tokens/s (new tokens over wall time) is what HF ratios use. Median and spread over
 prompts x repeats, the modes interleaved per prompt.
 
@@ -18,7 +21,8 @@ prompts x repeats, the modes interleaved per prompt.
     python benchmarks/llamacpp.py --quick    # SmolLM2 only, 1 + 1 prompts, 32 new tokens, 1 repeat
 
 Last line JSON: per model ``{"packed_ar_vs_hf_plain", "packed_ar_vs_llamacpp_decode",
-"packed_ngram_vs_llamacpp_decode", "llamacpp_lookup_identical", "pyspec_lossless", ...}``.
+"packed_ngram_vs_llamacpp_decode", "q8_ar_vs_llamacpp_decode", "q8_ngram_vs_llamacpp_decode",
+"llamacpp_lookup_identical", "pyspec_lossless", ...}``.
 """
 
 from __future__ import annotations
@@ -87,6 +91,7 @@ def bench_model(key: str, limit: int, max_new: int, repeats: int, threads: int) 
     path = gguf_file(name)
     dense = load_model(name, progress=True)
     packed = load_model(name, packed=True, progress=True)
+    q8 = load_model(name, packed=True, compute="q8", progress=False)
     items = select_prompts(packed, ["humaneval", "mtbench"], limit)
     prompts = [it.ids for it in items]
     eos = list(packed.config.eos_token_ids)
@@ -95,11 +100,15 @@ def bench_model(key: str, limit: int, max_new: int, repeats: int, threads: int) 
     lcpp = run_llamacpp(path, prompts, max_new, eos, threads, repeats)
 
     dense_modes, packed_modes = Modes(dense, ["ar", "hf"]), Modes(packed, ["ar", "ngram"], block=NGRAM_BLOCK)
-    runs = {m: [] for m in ("fp32 ar", "packed ar", "packed ngram", "hf plain")}
+    q8_modes = Modes(q8, ["ar", "ngram"], block=NGRAM_BLOCK)
+    labels = ("fp32 ar", "packed ar", "packed ngram", "q8 ar", "q8 ngram", "hf plain")
+    runs = {m: [] for m in labels}
     order = [("fp32 ar", dense_modes, "ar"), ("packed ar", packed_modes, "ar"),
-             ("packed ngram", packed_modes, "ngram"), ("hf plain", dense_modes, "hf")]
+             ("packed ngram", packed_modes, "ngram"), ("q8 ar", q8_modes, "ar"), ("q8 ngram", q8_modes, "ngram"),
+             ("hf plain", dense_modes, "hf")]
     with torch.inference_mode():
         packed_modes.run("ar", prompts[0], 4)  # warm-up
+        q8_modes.run("ar", prompts[0], 4)
         for r in range(repeats):
             for i, ids in enumerate(prompts):
                 k = (i + r) % len(order)
@@ -109,12 +118,15 @@ def bench_model(key: str, limit: int, max_new: int, repeats: int, threads: int) 
                     runs[label].append({"prompt": i, "tokens": tokens, "seconds": seconds, "decode_seconds": decode})
 
     reference = {run["prompt"]: run["tokens"] for run in runs["fp32 ar"]}
+    q8_reference = {run["prompt"]: run["tokens"] for run in runs["q8 ar"][: len(prompts)]}
     rows = {}
     for label, rs in runs.items():
         row = {"tokens_per_second": summary([len(x["tokens"]) / x["seconds"] for x in rs])}
         if rs[0]["decode_seconds"]:
             row["decode_tokens_per_second"] = summary([(len(x["tokens"]) - 1) / x["decode_seconds"] for x in rs])
         row["identical_to_fp32_ar"] = sum(x["tokens"] == reference[x["prompt"]] for x in rs)
+        if label.startswith("q8"):
+            row["identical_to_q8_ar"] = sum(x["tokens"] == q8_reference[x["prompt"]] for x in rs)
         row["runs"] = len(rs)
         rows[f"pyspec {label}" if label != "hf plain" else "HF generate() fp32"] = row
     plain = {x["prompt"]: x["tokens"] for x in lcpp["runs"] if x["mode"] == "plain" and x["repeat"] == 0}
@@ -127,8 +139,10 @@ def bench_model(key: str, limit: int, max_new: int, repeats: int, threads: int) 
             "runs": len(rs),
         }
     agree = [common_prefix(reference[i], plain[i]) for i in plain]
+    q8_agree = [common_prefix(q8_reference[i], plain[i]) for i in plain]
     med = lambda row, what="decode_tokens_per_second": rows[row][what]["median"]  # noqa: E731
-    pyspec_runs = [r for label, rs in runs.items() if label != "hf plain" for r in rs]
+    exact_runs = [r for label, rs in runs.items() if label in ("fp32 ar", "packed ar", "packed ngram") for r in rs]
+    q8_runs = runs["q8 ar"] + runs["q8 ngram"]
     return {
         "model": name,
         "gguf": path.name,
@@ -142,6 +156,12 @@ def bench_model(key: str, limit: int, max_new: int, repeats: int, threads: int) 
             "identical": sum(reference[i] == plain[i] for i in plain),
             "prompts": len(plain),
             "mean_common_prefix": statistics.mean(agree),
+            "q8_identical": sum(q8_reference[i] == plain[i] for i in plain),
+            "q8_mean_common_prefix": statistics.mean(q8_agree),
+        },
+        "q8_agreement_with_fp32": {
+            "identical": sum(q8_reference[i] == reference[i] for i in plain),
+            "mean_common_prefix": statistics.mean(common_prefix(q8_reference[i], reference[i]) for i in plain),
         },
         "headline": {
             "packed_ar_vs_hf_plain": round(med("pyspec packed ar", "tokens_per_second") / med("HF generate() fp32", "tokens_per_second"), 3),
@@ -149,10 +169,14 @@ def bench_model(key: str, limit: int, max_new: int, repeats: int, threads: int) 
             "packed_ar_vs_llamacpp_decode": round(med("pyspec packed ar") / med("llama.cpp plain"), 3),
             "packed_ngram_vs_llamacpp_decode": round(med("pyspec packed ngram") / med("llama.cpp plain"), 3),
             "packed_ngram_vs_hf_plain": round(med("pyspec packed ngram", "tokens_per_second") / med("HF generate() fp32", "tokens_per_second"), 3),
+            "q8_ar_vs_llamacpp_decode": round(med("pyspec q8 ar") / med("llama.cpp plain"), 3),
+            "q8_ngram_vs_llamacpp_decode": round(med("pyspec q8 ngram") / med("llama.cpp plain"), 3),
+            "q8_ar_vs_hf_plain": round(med("pyspec q8 ar", "tokens_per_second") / med("HF generate() fp32", "tokens_per_second"), 3),
             "llamacpp_lookup_identical": "{}/{}".format(
                 rows["llama.cpp lookup"]["identical_to_llamacpp_plain"], rows["llama.cpp lookup"]["runs"]
             ),
-            "pyspec_lossless": all(r["tokens"] == reference[r["prompt"]] for r in pyspec_runs),
+            "pyspec_lossless": all(r["tokens"] == reference[r["prompt"]] for r in exact_runs)
+            and all(r["tokens"] == q8_reference[r["prompt"]] for r in q8_runs),
         },
     }
 
@@ -170,17 +194,20 @@ def sum_packed_bytes(model) -> int:
 def table(result: dict) -> str:
     lines = [f"{result['model']} ({result['gguf']}), {result['prompts']} prompts x {result['repeats']} repeats, "
              f"{result['max_new_tokens']} new tokens; packed at rest {result['packed_mb']} MB",
-             f"{'mode':24} {'decode tok/s (min-max)':>26} {'end-to-end tok/s':>18} {'identical':>10}"]
+             f"{'mode':24} {'decode tok/s (min-max)':>26} {'end-to-end tok/s':>18} {'identical':>10}",
+             "(identical: exact modes and HF to pyspec fp32 ar, q8 modes to q8 ar, llama.cpp to its plain)"]
     for label, row in result["rows"].items():
         dec = row.get("decode_tokens_per_second")
         d = f"{dec['median']:.2f} ({dec['min']:.2f}-{dec['max']:.2f})" if dec else "-"
         e = row["tokens_per_second"]["median"]
-        same = row.get("identical_to_fp32_ar", row.get("identical_to_llamacpp_plain"))
+        same = row.get("identical_to_q8_ar", row.get("identical_to_fp32_ar", row.get("identical_to_llamacpp_plain")))
         same = f"{same}/{row['runs']}"
         lines.append(f"{label:24} {d:>26} {e:>18.2f} {same:>10}")
     g = result["greedy_agreement_with_llamacpp"]
     lines.append(f"pyspec fp32 greedy == llama.cpp plain on {g['identical']}/{g['prompts']} prompts "
-                 f"(mean common prefix {g['mean_common_prefix']:.1f} tokens)")
+                 f"(mean common prefix {g['mean_common_prefix']:.1f} tokens); pyspec q8: {g['q8_identical']}/"
+                 f"{g['prompts']} ({g['q8_mean_common_prefix']:.1f}); q8 == fp32 on "
+                 f"{result['q8_agreement_with_fp32']['identical']}/{g['prompts']}")
     return "\n".join(lines)
 
 
