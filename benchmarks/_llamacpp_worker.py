@@ -35,25 +35,48 @@ def run(llm, ids, max_new, eos):
 
 def main():
     req = json.load(sys.stdin)
-    common = dict(model_path=req["model"], n_ctx=4096, n_batch=512, n_threads=req["threads"],
-                  n_threads_batch=req["threads"], verbose=False, logits_all=False)
+    common = dict(
+        model_path=req["model"],
+        n_ctx=4096,
+        n_batch=512,
+        n_threads=req["threads"],
+        n_threads_batch=req["threads"],
+        verbose=False,
+        logits_all=False,
+    )
     models = {
         "plain": llama_cpp.Llama(**common),
-        "lookup": llama_cpp.Llama(**common, draft_model=LlamaPromptLookupDecoding(num_pred_tokens=req["lookup_tokens"])),
+        "lookup": llama_cpp.Llama(
+            **common, draft_model=LlamaPromptLookupDecoding(num_pred_tokens=req["lookup_tokens"])
+        ),
     }
     eos = set(req["eos"])
     runs = []
-    for mode, llm in models.items():  # warm-up
+    for llm in models.values():  # warm-up
         run(llm, req["prompts"][0], 4, eos)
     for r in range(req["repeats"]):
         for i, ids in enumerate(req["prompts"]):
-            for mode in (("plain", "lookup") if (i + r) % 2 == 0 else ("lookup", "plain")):
+            for mode in ("plain", "lookup") if (i + r) % 2 == 0 else ("lookup", "plain"):
                 tokens, prefill, decode = run(models[mode], ids, req["max_new_tokens"], eos)
-                runs.append({"mode": mode, "prompt": i, "repeat": r, "tokens": tokens,
-                             "prefill_seconds": prefill, "decode_seconds": decode})
+                runs.append(
+                    {
+                        "mode": mode,
+                        "prompt": i,
+                        "repeat": r,
+                        "tokens": tokens,
+                        "prefill_seconds": prefill,
+                        "decode_seconds": decode,
+                    }
+                )
     info = llama_cpp.llama_print_system_info()
-    json.dump({"system_info": info.decode() if isinstance(info, bytes) else str(info),
-               "version": llama_cpp.__version__, "runs": runs}, sys.stdout)
+    json.dump(
+        {
+            "system_info": info.decode() if isinstance(info, bytes) else str(info),
+            "version": llama_cpp.__version__,
+            "runs": runs,
+        },
+        sys.stdout,
+    )
 
 
 if __name__ == "__main__":

@@ -13,9 +13,10 @@ it), greedy, batch 1, on held-out HumanEval and MT-bench prompts (the same token
 - Hugging Face ``generate()`` fp32 plain, the baseline of the issue's ``>= 3x``.
 
 Every exact pyspec mode is checked token for token against pyspec fp32 ``ar``, q8 ``ngram`` against
-q8 ``ar``; llama.cpp's lookup against its own plain output. Decode tokens/s leaves the prefill out (time from the first new token to the
-last); end-to-end tokens/s (new tokens over wall time) is what HF ratios use. Median and spread over
-prompts x repeats, the modes interleaved per prompt.
+q8 ``ar``; llama.cpp's lookup against its own plain output. Decode tokens/s leaves
+the prefill out (time from the first new token to the last); end-to-end tokens/s (new tokens over
+wall time) is what HF ratios use. Median and spread over prompts x repeats, the modes interleaved
+per prompt.
 
     python benchmarks/llamacpp.py            # 2 HumanEval + 2 MT-bench prompts, 64 new tokens, 2 repeats
     python benchmarks/llamacpp.py --quick    # SmolLM2 only, 1 + 1 prompts, 32 new tokens, 1 repeat
@@ -65,14 +66,31 @@ def cpu_flags() -> list[str]:
     return []
 
 
-def run_llamacpp(path: Path, prompts: list[list[int]], max_new: int, eos: list[int], threads: int, repeats: int) -> dict:
+def run_llamacpp(
+    path: Path, prompts: list[list[int]], max_new: int, eos: list[int], threads: int, repeats: int
+) -> dict:
     if not LLAMACPP_PYTHON.exists():
-        raise SystemExit("llama.cpp is not installed: run `make llamacpp` (builds llama-cpp-python from source)")
-    request = {"model": str(path), "threads": threads, "prompts": prompts, "max_new_tokens": max_new,
-               "eos": eos, "lookup_tokens": LOOKUP_TOKENS, "repeats": repeats}
+        raise SystemExit(
+            "llama.cpp is not installed: run `make llamacpp` (builds llama-cpp-python from source)"
+        )
+    request = {
+        "model": str(path),
+        "threads": threads,
+        "prompts": prompts,
+        "max_new_tokens": max_new,
+        "eos": eos,
+        "lookup_tokens": LOOKUP_TOKENS,
+        "repeats": repeats,
+    }
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    done = subprocess.run([str(LLAMACPP_PYTHON), str(ROOT / "benchmarks" / "_llamacpp_worker.py")],
-                          input=json.dumps(request), capture_output=True, text=True, env=env, check=False)
+    done = subprocess.run(
+        [str(LLAMACPP_PYTHON), str(ROOT / "benchmarks" / "_llamacpp_worker.py")],
+        input=json.dumps(request),
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     if done.returncode != 0:
         raise SystemExit(f"llama.cpp worker failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout)
@@ -83,7 +101,7 @@ def summary(values: list[float]) -> dict:
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
 def bench_model(key: str, limit: int, max_new: int, repeats: int, threads: int) -> dict:
@@ -103,9 +121,14 @@ def bench_model(key: str, limit: int, max_new: int, repeats: int, threads: int) 
     q8_modes = Modes(q8, ["ar", "ngram"], block=NGRAM_BLOCK)
     labels = ("fp32 ar", "packed ar", "packed ngram", "q8 ar", "q8 ngram", "hf plain")
     runs = {m: [] for m in labels}
-    order = [("fp32 ar", dense_modes, "ar"), ("packed ar", packed_modes, "ar"),
-             ("packed ngram", packed_modes, "ngram"), ("q8 ar", q8_modes, "ar"), ("q8 ngram", q8_modes, "ngram"),
-             ("hf plain", dense_modes, "hf")]
+    order = [
+        ("fp32 ar", dense_modes, "ar"),
+        ("packed ar", packed_modes, "ar"),
+        ("packed ngram", packed_modes, "ngram"),
+        ("q8 ar", q8_modes, "ar"),
+        ("q8 ngram", q8_modes, "ngram"),
+        ("hf plain", dense_modes, "hf"),
+    ]
     with torch.inference_mode():
         packed_modes.run("ar", prompts[0], 4)  # warm-up
         q8_modes.run("ar", prompts[0], 4)
@@ -115,7 +138,9 @@ def bench_model(key: str, limit: int, max_new: int, repeats: int, threads: int) 
                 for label, modes, mode in order[k:] + order[:k]:  # rotated per prompt
                     print(f"[{key}] {label} prompt {i} repeat {r}", file=sys.stderr)
                     tokens, seconds, _, decode = modes.run(mode, ids, max_new)
-                    runs[label].append({"prompt": i, "tokens": tokens, "seconds": seconds, "decode_seconds": decode})
+                    runs[label].append(
+                        {"prompt": i, "tokens": tokens, "seconds": seconds, "decode_seconds": decode}
+                    )
 
     reference = {run["prompt"]: run["tokens"] for run in runs["fp32 ar"]}
     q8_reference = {run["prompt"]: run["tokens"] for run in runs["q8 ar"][: len(prompts)]}
@@ -123,7 +148,9 @@ def bench_model(key: str, limit: int, max_new: int, repeats: int, threads: int) 
     for label, rs in runs.items():
         row = {"tokens_per_second": summary([len(x["tokens"]) / x["seconds"] for x in rs])}
         if rs[0]["decode_seconds"]:
-            row["decode_tokens_per_second"] = summary([(len(x["tokens"]) - 1) / x["decode_seconds"] for x in rs])
+            row["decode_tokens_per_second"] = summary(
+                [(len(x["tokens"]) - 1) / x["decode_seconds"] for x in rs]
+            )
         row["identical_to_fp32_ar"] = sum(x["tokens"] == reference[x["prompt"]] for x in rs)
         if label.startswith("q8"):
             row["identical_to_q8_ar"] = sum(x["tokens"] == q8_reference[x["prompt"]] for x in rs)
@@ -133,7 +160,9 @@ def bench_model(key: str, limit: int, max_new: int, repeats: int, threads: int) 
     for mode in ("plain", "lookup"):
         rs = [x for x in lcpp["runs"] if x["mode"] == mode]
         rows[f"llama.cpp {mode}"] = {
-            "tokens_per_second": summary([len(x["tokens"]) / (x["prefill_seconds"] + x["decode_seconds"]) for x in rs]),
+            "tokens_per_second": summary(
+                [len(x["tokens"]) / (x["prefill_seconds"] + x["decode_seconds"]) for x in rs]
+            ),
             "decode_tokens_per_second": summary([(len(x["tokens"]) - 1) / x["decode_seconds"] for x in rs]),
             "identical_to_llamacpp_plain": sum(x["tokens"] == plain[x["prompt"]] for x in rs),
             "runs": len(rs),
@@ -141,7 +170,9 @@ def bench_model(key: str, limit: int, max_new: int, repeats: int, threads: int) 
     agree = [common_prefix(reference[i], plain[i]) for i in plain]
     q8_agree = [common_prefix(q8_reference[i], plain[i]) for i in plain]
     med = lambda row, what="decode_tokens_per_second": rows[row][what]["median"]  # noqa: E731
-    exact_runs = [r for label, rs in runs.items() if label in ("fp32 ar", "packed ar", "packed ngram") for r in rs]
+    exact_runs = [
+        r for label, rs in runs.items() if label in ("fp32 ar", "packed ar", "packed ngram") for r in rs
+    ]
     q8_runs = runs["q8 ar"] + runs["q8 ngram"]
     return {
         "model": name,
@@ -161,17 +192,30 @@ def bench_model(key: str, limit: int, max_new: int, repeats: int, threads: int) 
         },
         "q8_agreement_with_fp32": {
             "identical": sum(q8_reference[i] == reference[i] for i in plain),
-            "mean_common_prefix": statistics.mean(common_prefix(q8_reference[i], reference[i]) for i in plain),
+            "mean_common_prefix": statistics.mean(
+                common_prefix(q8_reference[i], reference[i]) for i in plain
+            ),
         },
         "headline": {
-            "packed_ar_vs_hf_plain": round(med("pyspec packed ar", "tokens_per_second") / med("HF generate() fp32", "tokens_per_second"), 3),
-            "packed_ar_vs_fp32_ar": round(med("pyspec packed ar", "tokens_per_second") / med("pyspec fp32 ar", "tokens_per_second"), 3),
+            "packed_ar_vs_hf_plain": round(
+                med("pyspec packed ar", "tokens_per_second") / med("HF generate() fp32", "tokens_per_second"),
+                3,
+            ),
+            "packed_ar_vs_fp32_ar": round(
+                med("pyspec packed ar", "tokens_per_second") / med("pyspec fp32 ar", "tokens_per_second"), 3
+            ),
             "packed_ar_vs_llamacpp_decode": round(med("pyspec packed ar") / med("llama.cpp plain"), 3),
             "packed_ngram_vs_llamacpp_decode": round(med("pyspec packed ngram") / med("llama.cpp plain"), 3),
-            "packed_ngram_vs_hf_plain": round(med("pyspec packed ngram", "tokens_per_second") / med("HF generate() fp32", "tokens_per_second"), 3),
+            "packed_ngram_vs_hf_plain": round(
+                med("pyspec packed ngram", "tokens_per_second")
+                / med("HF generate() fp32", "tokens_per_second"),
+                3,
+            ),
             "q8_ar_vs_llamacpp_decode": round(med("pyspec q8 ar") / med("llama.cpp plain"), 3),
             "q8_ngram_vs_llamacpp_decode": round(med("pyspec q8 ngram") / med("llama.cpp plain"), 3),
-            "q8_ar_vs_hf_plain": round(med("pyspec q8 ar", "tokens_per_second") / med("HF generate() fp32", "tokens_per_second"), 3),
+            "q8_ar_vs_hf_plain": round(
+                med("pyspec q8 ar", "tokens_per_second") / med("HF generate() fp32", "tokens_per_second"), 3
+            ),
             "llamacpp_lookup_identical": "{}/{}".format(
                 rows["llama.cpp lookup"]["identical_to_llamacpp_plain"], rows["llama.cpp lookup"]["runs"]
             ),
@@ -185,29 +229,38 @@ def sum_packed_bytes(model) -> int:
     """Bytes of the model's tensors at rest: packed blocks plus the fp32 norms and biases."""
     from pyspec.models.packed import PackedWeight
 
-    seen = [model.embed_tokens, model.lm_head] + [getattr(layer, n).weight for layer in model.layers
-                                                  for n in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")]
+    seen = [model.embed_tokens, model.lm_head] + [
+        getattr(layer, n).weight
+        for layer in model.layers
+        for n in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
+    ]
     packed = sum(w.nbytes if isinstance(w, PackedWeight) else w.numel() * 4 for w in seen if w is not None)
     return packed + sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def table(result: dict) -> str:
-    lines = [f"{result['model']} ({result['gguf']}), {result['prompts']} prompts x {result['repeats']} repeats, "
-             f"{result['max_new_tokens']} new tokens; packed at rest {result['packed_mb']} MB",
-             f"{'mode':24} {'decode tok/s (min-max)':>26} {'end-to-end tok/s':>18} {'identical':>10}",
-             "(identical: exact modes and HF to pyspec fp32 ar, q8 modes to q8 ar, llama.cpp to its plain)"]
+    lines = [
+        f"{result['model']} ({result['gguf']}), {result['prompts']} prompts x {result['repeats']} repeats, "
+        f"{result['max_new_tokens']} new tokens; packed at rest {result['packed_mb']} MB",
+        f"{'mode':24} {'decode tok/s (min-max)':>26} {'end-to-end tok/s':>18} {'identical':>10}",
+        "(identical: exact modes and HF to pyspec fp32 ar, q8 modes to q8 ar, llama.cpp to its plain)",
+    ]
     for label, row in result["rows"].items():
         dec = row.get("decode_tokens_per_second")
         d = f"{dec['median']:.2f} ({dec['min']:.2f}-{dec['max']:.2f})" if dec else "-"
         e = row["tokens_per_second"]["median"]
-        same = row.get("identical_to_q8_ar", row.get("identical_to_fp32_ar", row.get("identical_to_llamacpp_plain")))
+        same = row.get(
+            "identical_to_q8_ar", row.get("identical_to_fp32_ar", row.get("identical_to_llamacpp_plain"))
+        )
         same = f"{same}/{row['runs']}"
         lines.append(f"{label:24} {d:>26} {e:>18.2f} {same:>10}")
     g = result["greedy_agreement_with_llamacpp"]
-    lines.append(f"pyspec fp32 greedy == llama.cpp plain on {g['identical']}/{g['prompts']} prompts "
-                 f"(mean common prefix {g['mean_common_prefix']:.1f} tokens); pyspec q8: {g['q8_identical']}/"
-                 f"{g['prompts']} ({g['q8_mean_common_prefix']:.1f}); q8 == fp32 on "
-                 f"{result['q8_agreement_with_fp32']['identical']}/{g['prompts']}")
+    lines.append(
+        f"pyspec fp32 greedy == llama.cpp plain on {g['identical']}/{g['prompts']} prompts "
+        f"(mean common prefix {g['mean_common_prefix']:.1f} tokens); pyspec q8: {g['q8_identical']}/"
+        f"{g['prompts']} ({g['q8_mean_common_prefix']:.1f}); q8 == fp32 on "
+        f"{result['q8_agreement_with_fp32']['identical']}/{g['prompts']}"
+    )
     return "\n".join(lines)
 
 

@@ -65,6 +65,9 @@ class Plan:
     hardware: Mapping = field(default_factory=dict)
     dtype: str = "float32"
     choices: Mapping[str, Choice] = field(default_factory=dict)
+    weights: str = (
+        "float32"  # the target's exact weight format the costs were measured in ("packed": GGUF blocks)
+    )
 
     def for_batch(self, batch_size: int) -> Choice:
         """The choice for ``batch_size``: the profiled batch size nearest to it (ties: the larger)."""
@@ -87,7 +90,13 @@ class Plan:
             )
             for b, c in d["choices"].items()
         }
-        return cls(d["target"], d.get("hardware", {}), d.get("dtype", "float32"), choices)
+        return cls(
+            d["target"],
+            d.get("hardware", {}),
+            d.get("dtype", "float32"),
+            choices,
+            d.get("weights", d.get("dtype", "float32")),
+        )
 
     def hardware_mismatch(self, hardware: Mapping) -> list[str]:
         """Keys whose value differs between the plan's hardware and ``hardware`` (empty: same)."""
@@ -229,5 +238,9 @@ def make_plan(
                 )
         choices[str(batch)] = choice
     return Plan(
-        profile["target"], dict(profile.get("hardware", {})), profile.get("dtype", "float32"), choices
+        profile["target"],
+        dict(profile.get("hardware", {})),
+        profile.get("dtype", "float32"),
+        choices,
+        profile.get("weights", profile.get("dtype", "float32")),
     )

@@ -54,7 +54,9 @@ def load_model(
         raise ValueError(f"compute={compute!r} needs packed=True (it runs on the packed GGUF blocks)")
     if packed:
         if dtype != torch.float32:
-            raise ValueError(f"packed weights compute in float32 (exactly as the dequantised fp32 model), got dtype {dtype}")
+            raise ValueError(
+                f"packed weights compute in float32 (exactly as the dequantised fp32 model), not {dtype}"
+            )
         path = gguf_file(name_or_path)
         folder = prepare_gguf(path, progress, weights=False)  # config and tokenizer
         config = load_config(folder)
@@ -69,8 +71,8 @@ def load_model(
     model.to(dtype)
     model.inv_freq = model.inv_freq.float()
     model.tokenizer = load_tokenizer(folder)
-    model.name = str(name_or_path) + (("@q8" if compute == "q8" else "@packed") if packed else "")
-    model.compute = compute
+    model.name = str(name_or_path) + ("@q8" if compute == "q8" else "")  # exact packed: the same target
+    model.source = str(name_or_path)
     model.folder = folder
     return model.eval()
 
@@ -158,6 +160,13 @@ def _from_plan(model: LlamaModel, plan: Plan, batch_size: int) -> tuple:
         )
     if plan.target != getattr(model, "name", None):
         raise ValueError(f"the plan is for target {plan.target!r}, not {getattr(model, 'name', None)!r}")
+    if plan.weights != model.weights_format:
+        warnings.warn(
+            f"this plan was costed on the target's {plan.weights} weights, the model has "
+            f"{model.weights_format}: load it with packed={plan.weights == 'packed'} for the plan's speed "
+            "(the same tokens either way)",
+            stacklevel=3,
+        )
     choice = plan.for_batch(batch_size)
     if not choice.levels:
         return None, None, None

@@ -25,7 +25,14 @@ def _generate(args: argparse.Namespace) -> int:
     SamplingParams(args.temperature, args.top_k, args.top_p, args.seed)  # bad values fail before loading
     for spec in args.draft:
         parse_draft(spec)
-    model = load_model(args.model)
+    plan = None
+    if args.plan:
+        from planner.plan import Plan
+
+        with open(args.plan) as f:
+            plan = Plan.from_json(f.read())
+    packed = args.packed or args.compute == "q8" or (plan is not None and plan.weights == "packed")
+    model = load_model(args.model, packed=packed, compute=args.compute)  # a plan's format: the same tokens
     kw = dict(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
@@ -37,12 +44,7 @@ def _generate(args: argparse.Namespace) -> int:
     )
     drafts = _drafts(args, model)
     tree = [int(w) for w in args.tree.split(",")] if args.tree else None
-    plan = None
-    if args.plan:
-        from planner.plan import Plan
-
-        with open(args.plan) as f:
-            plan = Plan.from_json(f.read())
+    if plan is not None:
         args.draft = [plan.for_batch(1).label] if plan.for_batch(1).levels else []
     out = generate(
         model,
@@ -197,6 +199,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="also decode without drafts: print the speed-up, check identity",
     )
     gen.add_argument("--plan", default=None, help="a plan file from `pyspec plan` (instead of --draft)")
+    gen.add_argument(
+        "--packed",
+        action="store_true",
+        help="keep a GGUF model's weights in their blocks (exact: the same tokens, less memory; a plan "
+        "made for packed weights implies it)",
+    )
+    gen.add_argument(
+        "--compute",
+        choices=("exact", "q8"),
+        default="exact",
+        help="q8: packed weights with llama.cpp-style int8 activations (faster; a different target)",
+    )
     gen.set_defaults(run=_generate)
 
     ap = sub.add_parser("apar", help="APAR: SmolLM2 fine-tuned to fork its answer into parallel streams")

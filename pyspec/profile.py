@@ -401,9 +401,18 @@ def profile(
     Latency is measured after each of ``contexts`` committed tokens: ``"latency"`` holds the first
     (the default bucket), ``"latency_by_context"`` all of them."""
     by_context = latency(target, candidates, batch_sizes, sizes, contexts, repeats)
+    formats = target_formats(target, batch_sizes, sizes, contexts, repeats, by_context)
+    weights = min(formats, key=lambda f: _total_seconds(formats[f])) if formats else target.weights_format
+    if formats:  # plans are costed with the fastest exact format's steps (the tokens are the same)
+        name = getattr(target, "name", "target")
+        for ctx, per_batch in formats[weights].items():
+            for b, curve in per_batch.items():
+                by_context[ctx][b][name] = curve
     return {
         "hardware": hardware(),
         "dtype": str(target.embed_tokens.dtype).removeprefix("torch."),
+        "weights": weights,
+        "target_formats": formats,
         "target": getattr(target, "name", "target"),
         "candidates": list(candidates),
         "context": contexts[0],
@@ -412,6 +421,48 @@ def profile(
         "sampling": {"temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p},
         **acceptance(target, candidates, prompts, params),
     }
+
+
+def _total_seconds(per_context: dict) -> float:
+    return sum(sum(c["seconds"]) for per_batch in per_context.values() for c in per_batch.values())
+
+
+def target_formats(
+    target: LlamaModel,
+    batch_sizes: Sequence[int],
+    sizes: Sequence[int],
+    contexts: Sequence[int],
+    repeats: int,
+    measured: dict,
+) -> dict:
+    """The target's verification steps in each exact weight format it can load in, ``{format: {context:
+    {batch size: curve}}}``: ``"float32"`` (dequantised) and ``"packed"`` (GGUF blocks, bitwise the
+    same logits) for a GGUF target; ``measured`` holds its own format's curves already. Empty when the
+    target has one format only (a Hugging Face folder, bfloat16, or q8 compute: another target)."""
+    from pyspec.models.loading import ModelNotFoundError, gguf_file
+
+    own, source = target.weights_format, getattr(target, "source", None)
+    if own not in ("float32", "packed") or source is None:
+        return {}
+    try:
+        gguf_file(source)
+    except ModelNotFoundError:
+        return {}
+    name = getattr(target, "name", "target")
+    other = _other_format(source, own)
+    formats = {own: {ctx: {b: per_batch[name] for b, per_batch in measured[ctx].items()} for ctx in measured}}
+    formats["packed" if own == "float32" else "float32"] = {
+        str(ctx): {str(b): verify_step_seconds(other, sizes, b, ctx, repeats) for b in batch_sizes}
+        for ctx in tqdm(contexts, desc="target formats", leave=False)
+    }
+    return formats
+
+
+@functools.cache
+def _other_format(source: str, own: str) -> LlamaModel:
+    from pyspec.api import load_model
+
+    return load_model(source, packed=own == "float32", progress=False)
 
 
 def latency(

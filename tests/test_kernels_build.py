@@ -27,7 +27,8 @@ def test_cpu_kernels_compile_alone_with_gxx(tmp_path):
         pytest.skip("no C++ compiler")
     unit = tmp_path / "cpu_kernels.cpp"
     unit.write_text(
-        '#include "tree_attention.h"\n#include "paged_kv.h"\n#include "linear.h"\n#include "norm.h"\n#include "linear_packed.h"\n#include "linear_q8.h"\n'
+        '#include "tree_attention.h"\n#include "paged_kv.h"\n#include "linear.h"\n#include "norm.h"\n'
+        '#include "linear_packed.h"\n#include "linear_q8.h"\n'
         "using namespace pyspec;\n"
         "template void cpu::run_attention_item<float>(const cpu::TreeAttentionParams<float>&,"
         " const cpu::AttentionItem&, cpu::Partials&);\n"

@@ -21,7 +21,15 @@ def random_blocks(fmt: str, rows: int, k: int, seed: int = 0) -> np.ndarray:
     values, size = gguf.GGML_QUANT_SIZES[qtype]
     rng = np.random.default_rng(seed)
     raw = rng.integers(0, 256, size=(rows, k // values, size), dtype=np.uint8)
-    halves = {"Q4_0": [0], "Q5_0": [0], "Q8_0": [0], "Q4_1": [0, 2], "Q5_1": [0, 2], "Q4_K": [0, 2], "Q5_K": [0, 2]}
+    halves = {
+        "Q4_0": [0],
+        "Q5_0": [0],
+        "Q8_0": [0],
+        "Q4_1": [0, 2],
+        "Q5_1": [0, 2],
+        "Q4_K": [0, 2],
+        "Q5_K": [0, 2],
+    }
     for offset in halves.get(fmt, [208]):  # Q6_K keeps d last
         h = (rng.standard_normal((rows, k // values)) * 0.05).astype(np.float16)
         raw[:, :, offset : offset + 2] = h.view(np.uint8).reshape(rows, k // values, 2)
@@ -75,8 +83,10 @@ def test_linear_packed_mixed_formats_in_parts():
     a, b = random_blocks("Q4_K", 12, 512, seed=2), random_blocks("Q6_K", 6, 512, seed=3)
     dense = torch.cat([reference(a, "Q4_K").reshape(12, 512), reference(b, "Q6_K").reshape(6, 512)])
     w = PackedWeight.cat(
-        [PackedWeight([torch.from_numpy(a)], [PACKED_TYPES["Q4_K"]], 512),
-         PackedWeight([torch.from_numpy(b)], [PACKED_TYPES["Q6_K"]], 512)]
+        [
+            PackedWeight([torch.from_numpy(a)], [PACKED_TYPES["Q4_K"]], 512),
+            PackedWeight([torch.from_numpy(b)], [PACKED_TYPES["Q6_K"]], 512),
+        ]
     )
     assert w.formats == ["Q4_K", "Q6_K"] and w.shape == (18, 512)
     assert torch.equal(w.dequantize(), dense)
@@ -124,9 +134,15 @@ def test_packed_model_logits_are_the_dense_models_bits(smollm2_pair):
 
     dense, packed = smollm2_pair
     assert packed.packed and not dense.packed
-    nbytes = sum(w.nbytes for w in [packed.embed_tokens] + [
-        getattr(layer, n).weight for layer in packed.layers for n in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
-    ])
+    nbytes = sum(
+        w.nbytes
+        for w in [packed.embed_tokens]
+        + [
+            getattr(layer, n).weight
+            for layer in packed.layers
+            for n in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
+        ]
+    )
     assert nbytes < 0.2 * sum(p.numel() * 4 for p in dense.parameters())
     tokens = packed.tokenizer("def fibonacci(n):\n    return", add_special_tokens=False)["input_ids"]
     outs = []

@@ -68,8 +68,25 @@ def test_profile_measures_every_model_and_pair(measured):
     assert at_context(measured, 600)["latency"] == measured["latency_by_context"]["512"]
 
 
-def test_plan_round_trips_and_decodes_losslessly(model, measured):
+def test_profile_times_each_exact_weight_format_and_plans_the_fastest(model, measured):
+    """A GGUF target is timed in both exact formats (fp32 and packed, the same logits); the plan is
+    costed with the faster one and records it; a model in the other format gets a warning."""
+    formats = measured["target_formats"]
+    assert set(formats) == {"float32", "packed"}
+    totals = {
+        f: sum(sum(c["seconds"]) for b in per.values() for c in b.values()) for f, per in formats.items()
+    }
+    assert measured["weights"] == min(totals, key=totals.get)
+    assert measured["latency"]["1"]["smollm2-135m-instruct"] == formats[measured["weights"]]["128"]["1"]
     plan = make_plan(measured, max_block=8)
+    assert plan.weights == measured["weights"] and Plan.from_json(plan.to_json()).weights == plan.weights
+    other = dataclasses.replace(plan, weights="packed" if model.weights_format == "float32" else "float32")
+    with pytest.warns(UserWarning, match="costed on the target's"):
+        pyspec.generate(model, "Hi", max_new_tokens=2, plan=other)
+
+
+def test_plan_round_trips_and_decodes_losslessly(model, measured):
+    plan = dataclasses.replace(make_plan(measured, max_block=8), weights=model.weights_format)
     assert Plan.from_json(plan.to_json()) == plan
     text = "Write a Python function that reverses a string."
     with warnings.catch_warnings():

@@ -120,9 +120,7 @@ class FutureHeadsRunner(ModelRunner):
             [starts[b] + len(new_tokens[b]) + j for b, rs in enumerate(rows) for j in range(k * len(rs))],
             device=device,
         )
-        x = m.run_layers(
-            real, self.cache, m.embed(real.tokens), stop=t
-        )[0]
+        x = m.run_layers(real, self.cache, m.embed(real.tokens), stop=t)[0]
         y = x.new_zeros(full.num_tokens, x.shape[1])
         y[to_full] = x
         y[pseudo] = self.heads(x[flat]).reshape(-1, x.shape[1])

@@ -39,6 +39,7 @@ def _project(x: torch.Tensor, weight, bias: torch.Tensor | None) -> torch.Tensor
         return (_linear_q8 if weight.q8 else _linear_packed)(x, weight.parts, weight.qtypes, bias)
     return _linear(x, weight, bias)
 
+
 # Projections stored side by side in one weight (one matmul each): name -> (fused name, parts in order).
 FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 
@@ -177,7 +178,20 @@ class LlamaModel(nn.Module):
     @property
     def packed(self) -> bool:
         """Whether the weights are kept in GGUF blocks (:mod:`pyspec.models.packed`)."""
-        return isinstance(self.embed_tokens, PackedWeight) or isinstance(self.layers[0].qkv_proj, PackedLinear)
+        return isinstance(self.embed_tokens, PackedWeight) or isinstance(
+            self.layers[0].qkv_proj, PackedLinear
+        )
+
+    @property
+    def weights_format(self) -> str:
+        """How the weights are held: ``"packed"`` (GGUF blocks, exact), ``"q8"`` (GGUF blocks, int8
+        activations: another target) or the dtype (``"float32"``, ``"bfloat16"``)."""
+        head = self.head_weight
+        if isinstance(head, PackedWeight):
+            return "q8" if head.q8 else "packed"
+        if self.packed:
+            return "packed"
+        return str(self.embed_tokens.dtype).removeprefix("torch.")
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """The embeddings ``[T, hidden]`` of ``tokens [T]``."""

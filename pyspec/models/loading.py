@@ -182,7 +182,8 @@ def gguf_file(name_or_path: str | os.PathLike) -> Path:
     path = Path(key).expanduser()
     if not (path.is_file() and path.suffix == ".gguf"):
         raise ModelNotFoundError(
-            f"{key!r} is not a GGUF file or a registry name ({', '.join(REGISTRY)}): only GGUF weights load packed"
+            f"{key!r} is not a GGUF file or a registry name ({', '.join(REGISTRY)}): "
+            "only GGUF weights load packed"
         )
     return path
 

@@ -54,7 +54,9 @@ class PackedWeight:
             raise ValueError(f"need one ggml type per part, got {len(parts)} parts and {len(qtypes)} types")
         unknown = [q for q in qtypes if int(q) not in _TYPE_NAMES]
         if unknown:
-            raise ValueError(f"ggml types {unknown} are not packed formats pyspec decodes ({', '.join(PACKED_TYPES)})")
+            raise ValueError(
+                f"ggml types {unknown} are not packed formats pyspec decodes ({', '.join(PACKED_TYPES)})"
+            )
         self.parts = [p.contiguous() for p in parts]  # uint8 [rows_i, row_bytes_i]
         self.qtypes = [int(q) for q in qtypes]
         self.k = int(k)
@@ -79,7 +81,10 @@ class PackedWeight:
             ids = torch.arange(self.shape[0]) if ids is None else ids.long().reshape(-1)
             return ops.dequantize_rows(self.parts[0], self.qtypes[0], self.k, ids)
         full = torch.cat(
-            [ops.dequantize_rows(p, q, self.k, torch.arange(p.shape[0])) for p, q in zip(self.parts, self.qtypes)]
+            [
+                ops.dequantize_rows(p, q, self.k, torch.arange(p.shape[0]))
+                for p, q in zip(self.parts, self.qtypes, strict=True)
+            ]
         )
         return full if ids is None else full[ids.long().reshape(-1)]
 
