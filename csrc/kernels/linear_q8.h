@@ -107,76 +107,94 @@ inline __m256i dot_u8s8(__m256i u, __m256i s) {
   return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
 }
 
-// The dot product of one packed weight row with row m of the quantised x. Two accumulators in a
-// fixed order: 8 float lanes for the scaled integer sums, one float for the minimums' terms.
+// Dot products of one packed weight row with x rows [m0, m0 + n) of the quantised x, into out[n].
+// Each weight block is decoded once for all n rows. Per row, two accumulators in a fixed order: 8
+// float lanes for the scaled integer sums, one float for the minimums' term.
+constexpr int kQ8Rows = 8;  // x rows per pass over a weight row
+
 template <QType QT>
-float dot_q8(const uint8_t* w, const Q8Rows& xq, int64_t m) {
+void dot_q8(const uint8_t* w, const Q8Rows& xq, int64_t m0, int n, float* out) {
   const int64_t K = xq.K;
   const QFormat f = qformat(static_cast<int>(QT));
   const __m256i low4 = _mm256_set1_epi8(0x0f);
-  vfloat acc = {};
-  float acc_min = 0.f;
+  vfloat acc[kQ8Rows] = {};
+  float acc_min[kQ8Rows] = {};
   if constexpr (QT == QType::Q4_K || QT == QType::Q6_K) {
     // x per 256 values; per block: I = sum_j sc_j sum(u q) exact, one float step per block
-    const int8_t* qx = xq.q256.data() + m * K;
-    const float* dx = xq.d256.data() + m * (K / 256);
-    const int32_t* bsum = xq.sum16.data() + m * (K / 16);
-    for (int64_t blk = 0; blk < K / 256; ++blk, qx += 256, bsum += 16) {
+    for (int64_t blk = 0; blk < K / 256; ++blk) {
       const uint8_t* b = w + blk * f.block_bytes;
-      __m256i isum = _mm256_setzero_si256();
-      int32_t imin = 0;
-      float scale, scale_min = 0.f;
+      __m256i u[8];       // the block's 8 sub-blocks of 32 unsigned quants
+      __m256i scales[8];  // per sub-block, 16-bit scales for vpmaddwd
+      alignas(16) uint8_t sm[16];
+      float d, dmin = 0.f;
       if constexpr (QT == QType::Q4_K) {
-        alignas(16) uint8_t sm[16];
         scales_mins_k4(b + 4, sm);
         for (int c = 0; c < 4; ++c) {
           const __m256i v = load32(b + 16 + 32 * c);
-          const __m256i lo = _mm256_maddubs_epi16(_mm256_and_si256(v, low4), load32(qx + 64 * c));
-          const __m256i hi = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), low4), load32(qx + 64 * c + 32));
-          isum = _mm256_add_epi32(isum, _mm256_madd_epi16(lo, _mm256_set1_epi16(sm[2 * c])));
-          isum = _mm256_add_epi32(isum, _mm256_madd_epi16(hi, _mm256_set1_epi16(sm[2 * c + 1])));
+          u[2 * c] = _mm256_and_si256(v, low4);
+          u[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
         }
-        for (int j = 0; j < 8; ++j) imin += int32_t(sm[8 + j]) * (bsum[2 * j] + bsum[2 * j + 1]);
-        scale = half_to_float(b) * dx[blk];
-        scale_min = half_to_float(b + 2) * dx[blk];
+        for (int j = 0; j < 8; ++j) scales[j] = _mm256_set1_epi16(sm[j]);
+        d = half_to_float(b);
+        dmin = half_to_float(b + 2);
       } else {  // Q6_K: w = d sc (u - 32) per 16 values: I = sum sc sum(u q) - 32 sum sc sum(q)
         const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192);
         for (int t = 0; t < 8; ++t) {
           const SubBlock<QType::Q6_K> sub(b, t);
-          const __m256i prod = _mm256_maddubs_epi16(load32(sub.q), load32(qx + 32 * t));
-          const __m256i scales = _mm256_set_m128i(_mm_set1_epi16(sc[2 * t + 1]), _mm_set1_epi16(sc[2 * t]));
-          isum = _mm256_add_epi32(isum, _mm256_madd_epi16(prod, scales));
+          u[t] = load32(sub.q);
+          scales[t] = _mm256_set_m128i(_mm_set1_epi16(sc[2 * t + 1]), _mm_set1_epi16(sc[2 * t]));
         }
-        for (int g = 0; g < 16; ++g) imin += 32 * int32_t(sc[g]) * bsum[g];
-        scale = half_to_float(b + 208) * dx[blk];
-        scale_min = scale;
+        d = half_to_float(b + 208);
       }
-      acc = fmadd(splat(scale), to_vfloat(isum), acc);
-      acc_min = std::fma(scale_min, float(imin), acc_min);
+      for (int r = 0; r < n; ++r) {
+        const int64_t m = m0 + r;
+        const int8_t* qx = xq.q256.data() + m * K + 256 * blk;
+        const int32_t* bsum = xq.sum16.data() + m * (K / 16) + 16 * blk;
+        const float dx = xq.d256[m * (K / 256) + blk];
+        __m256i isum = _mm256_setzero_si256();
+        for (int j = 0; j < 8; ++j)
+          isum = _mm256_add_epi32(isum, _mm256_madd_epi16(_mm256_maddubs_epi16(u[j], load32(qx + 32 * j)), scales[j]));
+        int32_t imin = 0;
+        float scale_min;
+        if constexpr (QT == QType::Q4_K) {
+          for (int j = 0; j < 8; ++j) imin += int32_t(sm[8 + j]) * (bsum[2 * j] + bsum[2 * j + 1]);
+          scale_min = dmin * dx;
+        } else {
+          const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192);
+          for (int g = 0; g < 16; ++g) imin += 32 * int32_t(sc[g]) * bsum[g];
+          scale_min = d * dx;
+        }
+        acc[r] = fmadd(splat(d * dx), to_vfloat(isum), acc[r]);
+        acc_min[r] = std::fma(scale_min, float(imin), acc_min[r]);
+      }
     }
-    return reduce_lanes(acc) - acc_min;
+    for (int r = 0; r < n; ++r) out[r] = reduce_lanes(acc[r]) - acc_min[r];
   } else {
     // x per 32 values; per block: (d dx) sum(u q) + (wo dx) sum(q)
-    const int8_t* qx = xq.q32.data() + m * K;
-    const float* dx = xq.d32.data() + m * (K / 32);
-    const int32_t* sx = xq.sum32.data() + m * (K / 32);
     for (int64_t blk = 0; blk < K / 32; ++blk) {
       const uint8_t* b = w + blk * f.block_bytes;
-      const __m256i x = load32(qx + 32 * blk);
       const float d = half_to_float(b);
-      __m256i p;
+      __m256i u, sign = _mm256_setzero_si256();
+      float wo = 0.f;
       if constexpr (QT == QType::Q8_0) {
-        const __m256i q = load32(b + 2);
-        p = dot_u8s8(_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q));
+        sign = load32(b + 2);
+        u = _mm256_sign_epi8(sign, sign);  // |q|; x takes q's sign
       } else {
         const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + (QT == QType::Q4_1 ? 4 : 2)));
-        p = dot_u8s8(_mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low4), x);
-        const float wo = QT == QType::Q4_1 ? half_to_float(b + 2) : -8.f * d;
-        acc_min = std::fma(wo * dx[blk], float(sx[blk]), acc_min);
+        u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low4);
+        wo = QT == QType::Q4_1 ? half_to_float(b + 2) : -8.f * d;
       }
-      acc = fmadd(splat(d * dx[blk]), to_vfloat(p), acc);
+      for (int r = 0; r < n; ++r) {
+        const int64_t m = m0 + r;
+        __m256i x = load32(xq.q32.data() + m * K + 32 * blk);
+        if constexpr (QT == QType::Q8_0) x = _mm256_sign_epi8(x, sign);
+        const float dx = xq.d32[m * (K / 32) + blk];
+        if constexpr (QT != QType::Q8_0)
+          acc_min[r] = std::fma(wo * dx, float(xq.sum32[m * (K / 32) + blk]), acc_min[r]);
+        acc[r] = fmadd(splat(d * dx), to_vfloat(dot_u8s8(u, x)), acc[r]);
+      }
     }
-    return reduce_lanes(acc) + acc_min;
+    for (int r = 0; r < n; ++r) out[r] = reduce_lanes(acc[r]) + acc_min[r];
   }
 }
 
@@ -203,13 +221,14 @@ inline void linear_q8(const Q8Rows& xq, const float* bias, float* y, int64_t M, 
       constexpr QType QT = decltype(qt)::value;
       if constexpr (QT == QType::Q4_0 || QT == QType::Q4_1 || QT == QType::Q8_0 || QT == QType::Q4_K ||
                     QT == QType::Q6_K) {
+        float out[kQ8Rows];
         for (int64_t r = group.first; r < group.first + group.rows; ++r) {
           const uint8_t* row = part.data + r * part.row_bytes;
           const int64_t n = part.first_row + r;
-          for (int64_t m = 0; m < M; ++m) {
-            float s = dot_q8<QT>(row, xq, m);
-            if (bias != nullptr) s += bias[n];
-            y[m * N + n] = s;
+          for (int64_t m0 = 0; m0 < M; m0 += kQ8Rows) {
+            const int rows = int(std::min<int64_t>(kQ8Rows, M - m0));
+            dot_q8<QT>(row, xq, m0, rows, out);
+            for (int i = 0; i < rows; ++i) y[(m0 + i) * N + n] = bias != nullptr ? out[i] + bias[n] : out[i];
           }
         }
       }
