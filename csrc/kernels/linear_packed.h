@@ -6,10 +6,10 @@
 // packing is a pure speed and memory choice.
 //
 // Speed. The weights stream at 4.5-6.6 bits a value instead of 32, so the op turns from memory bound
-// to compute bound (widening costs more than the multiply-adds). Few x rows (M <= 3, decoding and
-// short verification): a group of 4 weight rows is widened a chunk at a time into an L1 buffer and
-// multiplied at once, the accumulators staying in registers (4 independent chains at M = 1). More
-// rows: the group's 4 rows are widened whole, once, and linear.h's blocks read them for all M rows.
+// to compute bound (widening costs more than the multiply-adds). One x row (decoding): a group of 4
+// weight rows is widened 8 values at a time in registers and multiplied at once (4 independent
+// chains). More rows: the group's 4 rows are widened whole, once, and linear.h's blocks read them for
+// all M rows.
 #pragma once
 
 #include <algorithm>
@@ -21,8 +21,6 @@
 
 namespace pyspec::cpu {
 
-// Weights widened per chunk on the few-rows path (a multiple of every block size).
-constexpr int64_t kPackedChunk = 256;
 // While a group of rows computes, the next kPackedPrefetchGroups groups' bytes are prefetched, spread
 // over its steps: the hardware prefetcher alone leaves four interleaved row streams stalling on DRAM
 // (Qwen's decoding pass: 174 -> 146 ms on 2-core Zen 4).
@@ -79,29 +77,10 @@ void packed_rows_one(const PackedLinearParams& p, const PackedPart& part, int64_
   store_block<RN, 1>(acc2, p.bias, p.y, p.N, part.first_row + r0, 0);
 }
 
-// Outputs of RN rows of one part (rows r0 .. r0 + RN - 1) for x rows [m0, m0 + RM), RM <= 3: widened
-// chunk by chunk into an L1 buffer, the accumulators in registers.
-template <QType QT, int RN, int RM>
-void packed_rows_few(const PackedLinearParams& p, const PackedPart& part, int64_t r0, int64_t m0, float* buf) {
-  const QFormat f = qformat(static_cast<int>(QT));
-  vfloat acc[RN][RM] = {};
-  Prefetch none{nullptr, nullptr};
-  const uint8_t* rows = part.data + r0 * part.row_bytes;
-  for (int64_t k0 = 0; k0 < p.K; k0 += kPackedChunk) {
-    const int64_t len = std::min(kPackedChunk, p.K - k0);
-    const int64_t first_block = k0 / f.block_values, blocks = len / f.block_values;
-    for (int n = 0; n < RN; ++n)
-      dequant_blocks<QT>(rows + n * part.row_bytes + first_block * f.block_bytes, blocks, buf + n * kPackedChunk);
-    dot_block<RN, RM>(buf, kPackedChunk, p.x + m0 * p.K + k0, p.K, len, acc, none);
-  }
-  store_block<RN, RM>(acc, p.bias, p.y, p.N, part.first_row + r0, m0);
-}
-
-// All M outputs of RN rows of one part (rows r0 ..): widened whole into `scratch` when M > 3.
+// All M outputs of RN rows of one part (rows r0 ..): for several x rows, widened whole into `scratch`.
 template <QType QT, int RN>
-void packed_rows(const PackedLinearParams& p, const PackedPart& part, int64_t r0, float* buf, float* scratch,
-                 Prefetch& pf) {
-  if (p.M > kLinearRowsM) {
+void packed_rows(const PackedLinearParams& p, const PackedPart& part, int64_t r0, float* scratch, Prefetch& pf) {
+  if (p.M > 1) {
     const QFormat f = qformat(static_cast<int>(QT));
     for (int n = 0; n < RN; ++n)
       dequant_blocks<QT>(part.data + (r0 + n) * part.row_bytes, p.K / f.block_values, scratch + n * p.K);
@@ -110,9 +89,7 @@ void packed_rows(const PackedLinearParams& p, const PackedPart& part, int64_t r0
     linear_blocks<RN>(lp, scratch, part.first_row + r0, none);
     return;
   }
-  if (p.M == 3) packed_rows_few<QT, RN, 3>(p, part, r0, 0, buf);
-  if (p.M == 2) packed_rows_few<QT, RN, 2>(p, part, r0, 0, buf);
-  if (p.M == 1) packed_rows_one<QT, RN>(p, part, r0, pf);
+  packed_rows_one<QT, RN>(p, part, r0, pf);
 }
 
 // A work item: up to kLinearRowsN rows of one part.
@@ -134,8 +111,7 @@ inline std::vector<PackedGroup> packed_groups(const std::vector<PackedPart>& par
 // Computes work items [begin, end) for all M rows.
 inline void linear_packed(const PackedLinearParams& p, const std::vector<PackedPart>& parts,
                           const std::vector<PackedGroup>& groups, int64_t begin, int64_t end) {
-  std::vector<float> buf(kLinearRowsN * kPackedChunk);
-  std::vector<float> scratch(p.M > kLinearRowsM ? kLinearRowsN * p.K : 0);
+  std::vector<float> scratch(p.M > 1 ? kLinearRowsN * p.K : 0);
   for (int64_t g = begin; g < end; ++g) {
     const PackedGroup& group = groups[g];
     const PackedPart& part = parts[group.part];
@@ -149,10 +125,10 @@ inline void linear_packed(const PackedLinearParams& p, const std::vector<PackedP
     dispatch_qtype(part.qtype, [&](auto qt) {
       constexpr QType QT = decltype(qt)::value;
       if (group.rows == kLinearRowsN) {
-        packed_rows<QT, kLinearRowsN>(p, part, group.first, buf.data(), scratch.data(), pf);
+        packed_rows<QT, kLinearRowsN>(p, part, group.first, scratch.data(), pf);
       } else {
         for (int64_t r = 0; r < group.rows; ++r)
-          packed_rows<QT, 1>(p, part, group.first + r, buf.data(), scratch.data(), pf);
+          packed_rows<QT, 1>(p, part, group.first + r, scratch.data(), pf);
       }
     });
   }
