@@ -96,7 +96,7 @@ def test_plan_round_trips_and_decodes_losslessly(model, measured):
 
 
 def test_a_plan_from_other_hardware_warns_and_a_wrong_target_fails(model, measured):
-    plan = make_plan(measured, max_block=8)
+    plan = dataclasses.replace(make_plan(measured, max_block=8), weights=model.weights_format)
     other = dataclasses.replace(plan, hardware={**plan.hardware, "cpu": "another CPU"})
     with pytest.warns(UserWarning, match="other hardware \\(cpu differ"):
         pyspec.generate(model, "Hi", max_new_tokens=4, plan=other)
