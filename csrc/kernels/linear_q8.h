@@ -112,13 +112,15 @@ inline __m256i dot_u8s8(__m256i u, __m256i s) {
 // float lanes for the scaled integer sums, one float for the minimums' term.
 constexpr int kQ8Rows = 8;  // x rows per pass over a weight row
 
-template <QType QT>
-void dot_q8(const uint8_t* w, const Q8Rows& xq, int64_t m0, int n, float* out) {
+// NR: the most rows (1: a decoding step, specialised; kQ8Rows: any n <= kQ8Rows).
+template <QType QT, int NR>
+void dot_q8(const uint8_t* w, const Q8Rows& xq, int64_t m0, int rows, float* out) {
   const int64_t K = xq.K;
   const QFormat f = qformat(static_cast<int>(QT));
   const __m256i low4 = _mm256_set1_epi8(0x0f);
-  vfloat acc[kQ8Rows] = {};
-  float acc_min[kQ8Rows] = {};
+  const int n = NR == 1 ? 1 : rows;
+  vfloat acc[NR] = {};
+  float acc_min[NR] = {};
   if constexpr (QT == QType::Q4_K || QT == QType::Q6_K) {
     // x per 256 values; per block: I = sum_j sc_j sum(u q) exact, one float step per block
     for (int64_t blk = 0; blk < K / 256; ++blk) {
@@ -227,7 +229,8 @@ inline void linear_q8(const Q8Rows& xq, const float* bias, float* y, int64_t M, 
           const int64_t n = part.first_row + r;
           for (int64_t m0 = 0; m0 < M; m0 += kQ8Rows) {
             const int rows = int(std::min<int64_t>(kQ8Rows, M - m0));
-            dot_q8<QT>(row, xq, m0, rows, out);
+            if (rows == 1) dot_q8<QT, 1>(row, xq, m0, 1, out);
+            else dot_q8<QT, kQ8Rows>(row, xq, m0, rows, out);
             for (int i = 0; i < rows; ++i) y[(m0 + i) * N + n] = bias != nullptr ? out[i] + bias[n] : out[i];
           }
         }

@@ -40,6 +40,14 @@ def _project(x: torch.Tensor, weight, bias: torch.Tensor | None) -> torch.Tensor
     return _linear(x, weight, bias)
 
 
+def _set_weight(module: nn.Module, name: str, value) -> None:
+    """``module.name = value``; a :class:`PackedWeight` takes a registered parameter's place as a plain
+    attribute."""
+    if isinstance(value, PackedWeight) and name in module._parameters:
+        del module._parameters[name]
+    setattr(module, name, value)
+
+
 # Projections stored side by side in one weight (one matmul each): name -> (fused name, parts in order).
 FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 
@@ -229,7 +237,8 @@ class LlamaModel(nn.Module):
         with torch.device("meta"):
             draft = LlamaModel(replace(self.config, num_layers=0))
         draft.config = replace(self.config, num_layers=num_layers)
-        draft.embed_tokens, draft.norm, draft.lm_head = self.embed_tokens, self.norm, self.lm_head
+        for name in ("embed_tokens", "norm", "lm_head"):
+            _set_weight(draft, name, getattr(self, name))
         draft.layers = nn.ModuleList(self.layers[:num_layers])
         draft.inv_freq = self.inv_freq
         draft.tokenizer = getattr(self, "tokenizer", None)
@@ -308,8 +317,7 @@ class LlamaModel(nn.Module):
         if key in ("embed_tokens", "lm_head"):
             if key == "lm_head" and self.lm_head is None:
                 return
-            del self._parameters[key]
-            setattr(self, key, weight)
+            _set_weight(self, key, weight)
             return
         path, _, kind = key.rpartition(".")
         if kind != "weight":
