@@ -33,18 +33,18 @@ cpu::PackedPart check_packed(const at::Tensor& w, int64_t qtype, int64_t K, cons
   return {w.data_ptr<uint8_t>(), int(qtype), w.size(0), row_bytes, 0};
 }
 
-at::Tensor linear_packed_cpu(const at::Tensor& x, at::TensorList weights, at::IntArrayRef qtypes,
-                             const std::optional<at::Tensor>& bias) {
+// x [M, K] float32, the weight parts (one ggml type each) and bias [N]: checked; the parts, in output order.
+std::vector<cpu::PackedPart> check_packed_linear(const at::Tensor& x, at::TensorList weights, at::IntArrayRef qtypes,
+                                                 const std::optional<at::Tensor>& bias, const char* op) {
   TORCH_CHECK(x.dim() == 2, "pyspec: x must be 2-D [M, K], got shape ", shape_str(x));
   TORCH_CHECK(x.scalar_type() == at::kFloat, "pyspec: x must be float32 with packed weights, got ", x.scalar_type());
   TORCH_CHECK(x.is_contiguous(), "pyspec: x must be contiguous");
-  TORCH_CHECK(!weights.empty() && weights.size() == qtypes.size(), "pyspec: linear_packed needs one ggml type per weight part, got ",
-              weights.size(), " parts and ", qtypes.size(), " types");
-  const int64_t M = x.size(0), K = x.size(1);
+  TORCH_CHECK(!weights.empty() && weights.size() == qtypes.size(), "pyspec: ", op,
+              " needs one ggml type per weight part, got ", weights.size(), " parts and ", qtypes.size(), " types");
   std::vector<cpu::PackedPart> parts;
   int64_t N = 0;
   for (size_t i = 0; i < weights.size(); ++i) {
-    parts.push_back(check_packed(weights[i], qtypes[i], K, "weight part"));
+    parts.push_back(check_packed(weights[i], qtypes[i], x.size(1), "weight part"));
     parts.back().first_row = N;
     N += parts.back().rows;
   }
@@ -54,6 +54,14 @@ at::Tensor linear_packed_cpu(const at::Tensor& x, at::TensorList weights, at::In
     TORCH_CHECK(b.scalar_type() == at::kFloat && b.device().is_cpu() && b.is_contiguous(),
                 "pyspec: bias must be a contiguous float32 CPU tensor");
   }
+  return parts;
+}
+
+at::Tensor linear_packed_cpu(const at::Tensor& x, at::TensorList weights, at::IntArrayRef qtypes,
+                             const std::optional<at::Tensor>& bias) {
+  const int64_t M = x.size(0), K = x.size(1);
+  const std::vector<cpu::PackedPart> parts = check_packed_linear(x, weights, qtypes, bias, "linear_packed");
+  const int64_t N = parts.back().first_row + parts.back().rows;
   at::Tensor y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
   const cpu::PackedLinearParams p{x.data_ptr<float>(), bias.has_value() ? bias->data_ptr<float>() : nullptr,
@@ -69,35 +77,13 @@ at::Tensor linear_packed_cpu(const at::Tensor& x, at::TensorList weights, at::In
 at::Tensor linear_q8_cpu(const at::Tensor& x, at::TensorList weights, at::IntArrayRef qtypes,
                          const std::optional<at::Tensor>& bias) {
   TORCH_CHECK(cpu::q8_available(), "pyspec: q8 compute needs an AVX2 build of the extension");
-  TORCH_CHECK(x.dim() == 2, "pyspec: x must be 2-D [M, K], got shape ", shape_str(x));
-  TORCH_CHECK(x.scalar_type() == at::kFloat, "pyspec: x must be float32 with packed weights, got ", x.scalar_type());
-  TORCH_CHECK(x.is_contiguous(), "pyspec: x must be contiguous");
-  TORCH_CHECK(!weights.empty() && weights.size() == qtypes.size(), "pyspec: linear_q8 needs one ggml type per weight part, got ",
-              weights.size(), " parts and ", qtypes.size(), " types");
-  const int64_t M = x.size(0), K = x.size(1);
-  TORCH_CHECK(K % 32 == 0, "pyspec: q8 compute needs K a multiple of 32, got ", K);
-  std::vector<cpu::PackedPart> parts;
-  int64_t N = 0;
-  for (size_t i = 0; i < weights.size(); ++i) {
+  for (size_t i = 0; i < qtypes.size(); ++i)
     TORCH_CHECK(cpu::q8_supported(int(qtypes[i])), "pyspec: q8 compute takes ggml types Q4_0, Q4_1, Q8_0, Q4_K and Q6_K; part ", i,
                 " has type ", qtypes[i], " (use the exact linear_packed)");
-    parts.push_back(check_packed(weights[i], qtypes[i], K, "weight part"));
-    parts.back().first_row = N;
-    N += parts.back().rows;
-  }
-  if (bias.has_value()) {
-    const at::Tensor& b = *bias;
-    TORCH_CHECK(b.dim() == 1 && b.size(0) == N, "pyspec: bias must be [N = ", N, "], got shape ", shape_str(b));
-    TORCH_CHECK(b.scalar_type() == at::kFloat && b.device().is_cpu() && b.is_contiguous(),
-                "pyspec: bias must be a contiguous float32 CPU tensor");
-  }
+  const std::vector<cpu::PackedPart> parts = check_packed_linear(x, weights, qtypes, bias, "linear_q8");
+  const int64_t M = x.size(0), K = x.size(1), N = parts.back().first_row + parts.back().rows;
   at::Tensor y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
-  for (size_t i = 0; i < parts.size(); ++i) {
-    const cpu::QType qt = static_cast<cpu::QType>(parts[i].qtype);
-    TORCH_CHECK(K % 256 == 0 || (qt != cpu::QType::Q4_K && qt != cpu::QType::Q6_K),
-                "pyspec: K-quant rows need K a multiple of 256, got ", K);
-  }
   cpu::Q8Rows xq(M, K);
   const float* xp = x.data_ptr<float>();
   at::parallel_for(0, M, 4, [&](int64_t b, int64_t e) {
