@@ -24,10 +24,7 @@ namespace pyspec::cpu {
 // While a group of rows computes, the next kPackedPrefetchGroups groups' bytes are prefetched, spread
 // over its steps: the hardware prefetcher alone leaves four interleaved row streams stalling on DRAM
 // (Qwen's decoding pass: 174 -> 146 ms on 2-core Zen 4).
-#ifndef PYSPEC_PACKED_PREFETCH_GROUPS
-#define PYSPEC_PACKED_PREFETCH_GROUPS 1
-#endif
-constexpr int64_t kPackedPrefetchGroups = PYSPEC_PACKED_PREFETCH_GROUPS;
+constexpr int64_t kPackedPrefetchGroups = 1;
 
 // One run of weight rows in one format; a linear's rows may be several parts (a fused q/k/v
 // projection whose v rows are stored in another format).

@@ -83,20 +83,6 @@ inline void quantize_row_q8(const float* x, int64_t m, Q8Rows& out) {
   }
 }
 
-// Q4_K's 8 six-bit scales (sc[0..7]) and minimums (sc[8..15]) of a block's 12 scale bytes: the same
-// values as scale_min_k4, unpacked with word operations.
-inline void scales_mins_k4(const uint8_t* s, uint8_t* out) {
-  uint32_t u[4];
-  memcpy(u, s, 12);
-  const uint32_t m1 = 0x3f3f3f3f, m2 = 0x0f0f0f0f, m3 = 0x03030303;
-  u[3] = ((u[2] >> 4) & m2) | (((u[1] >> 6) & m3) << 4);
-  const uint32_t mins_low = u[1] & m1;
-  u[1] = (u[2] & m2) | (((u[0] >> 6) & m3) << 4);
-  u[2] = mins_low;
-  u[0] &= m1;
-  memcpy(out, u, 16);
-}
-
 #if defined(__AVX2__)
 
 inline __m256i load32(const void* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }

@@ -71,37 +71,35 @@ inline float half_to_float(const uint8_t* p) {
 }
 
 // 8 bytes at p widened to int32 lanes (unsigned / signed): AVX2's vpmovzxbd / vpmovsxbd.
-typedef uint8_t vbyte __attribute__((vector_size(kLanes)));
-typedef int8_t vsbyte __attribute__((vector_size(kLanes)));
-inline vint widen_bytes(const uint8_t* p) {
+// 8 bytes at p widened to int32 lanes, unsigned (B = uint8_t) or signed (int8_t): vpmovzxbd / vpmovsxbd.
+template <typename B>
+inline vint widen8(const uint8_t* p) {
 #if defined(__AVX2__)
-  return reinterpret_cast<vint>(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  return reinterpret_cast<vint>(std::is_signed_v<B> ? _mm256_cvtepi8_epi32(b) : _mm256_cvtepu8_epi32(b));
 #else
-  vbyte b;
-  memcpy(&b, p, sizeof(b));
-  return __builtin_convertvector(b, vint);
+  typedef B vbytes __attribute__((vector_size(kLanes)));
+  vbytes v;
+  memcpy(&v, p, sizeof(v));
+  return __builtin_convertvector(v, vint);
 #endif
 }
-inline vint widen_signed_bytes(const uint8_t* p) {
-#if defined(__AVX2__)
-  return reinterpret_cast<vint>(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
-#else
-  vsbyte b;
-  memcpy(&b, p, sizeof(b));
-  return __builtin_convertvector(b, vint);
-#endif
-}
+inline vint widen_bytes(const uint8_t* p) { return widen8<uint8_t>(p); }
+inline vint widen_signed_bytes(const uint8_t* p) { return widen8<int8_t>(p); }
 inline vfloat to_vfloat(vint v) { return __builtin_convertvector(v, vfloat); }
 
-// Q4_K / Q5_K's eight 6-bit scales and minimums (gguf-py's Q4_K.get_scale_min).
-inline void scale_min_k4(const uint8_t* s, int j, uint8_t& sc, uint8_t& m) {
-  if (j < 4) {
-    sc = s[j] & 63;
-    m = s[j + 4] & 63;
-  } else {
-    sc = (s[j + 4] & 0xf) | ((s[j - 4] >> 6) << 4);
-    m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-  }
+// Q4_K / Q5_K's 8 six-bit scales (out[0..7]) and minimums (out[8..15]) from a block's 12 scale bytes
+// (gguf-py's Q4_K.get_scale_min), unpacked with word operations.
+inline void scales_mins_k4(const uint8_t* s, uint8_t* out) {
+  uint32_t u[4];
+  memcpy(u, s, 12);
+  const uint32_t m1 = 0x3f3f3f3f, m2 = 0x0f0f0f0f, m3 = 0x03030303;
+  u[3] = ((u[2] >> 4) & m2) | (((u[1] >> 6) & m3) << 4);
+  const uint32_t mins_low = u[1] & m1;
+  u[1] = (u[2] & m2) | (((u[0] >> 6) & m3) << 4);
+  u[2] = mins_low;
+  u[0] &= m1;
+  memcpy(out, u, 16);
 }
 
 // Decoder of one 32-value sub-block j of a block of format QT: get(i) gives values 8i .. 8i + 7 as
@@ -163,10 +161,10 @@ struct KBlock {
   int j;
   vfloat dl, offset;
   KBlock(const uint8_t* b, int j_) : j(j_) {
-    uint8_t sc, mn;
-    scale_min_k4(b + 4, j, sc, mn);
-    dl = splat(half_to_float(b) * float(sc));
-    offset = splat(-(half_to_float(b + 2) * float(mn)));
+    uint8_t sm[16];
+    scales_mins_k4(b + 4, sm);
+    dl = splat(half_to_float(b) * float(sm[j]));
+    offset = splat(-(half_to_float(b + 2) * float(sm[8 + j])));
     qh = b + 16;
     qs = b + 16 + (five ? 32 : 0) + (j / 2) * 32;
   }
