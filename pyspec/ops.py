@@ -78,6 +78,10 @@ __all__ = [
     "linear",
     "linear_packed",
     "linear_q8",
+    "cpu_isa",
+    "set_cpu_isa",
+    "available_cpu_isas",
+    "use_cpu_isa",
     "dequantize_rows",
 ]
 
@@ -534,4 +538,5 @@ def _(x):
     return reference.silu_mul(x)
 
 
+from pyspec.cpu_isa import available_cpu_isas, cpu_isa, set_cpu_isa, use_cpu_isa  # noqa: E402  (re-exported)
 from pyspec.packed_ops import dequantize_rows, linear_packed, linear_q8  # noqa: E402  (re-exported)

@@ -50,7 +50,8 @@ def linear_q8(
     values (``d = max|x| / 127``), exact integer dot products per weight sub-block, combined in float
     in a fixed order. Faster than the exact kernels and row invariant (a row's output does not depend
     on M, the other rows or the threads: lossless speculation holds), but not fp32: its tokens are a
-    different target's. Formats: Q4_0, Q4_1, Q8_0, Q4_K, Q6_K (others: a clear error). CPU, AVX2.
+    different target's. Formats: Q4_0, Q4_1, Q8_0, Q4_K, Q6_K (others: a clear error). CPU: AVX2, and
+    AVX-512 VNNI kernels where the CPU has them (the same bits; see :mod:`pyspec.cpu_isa`).
 
     Example:
         >>> import gguf

@@ -1,6 +1,7 @@
 """csrc/kernels/ is torch-free: g++ and nvcc build it alone, so device code never rots without a GPU."""
 
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -21,7 +22,7 @@ def test_kernels_include_no_torch_header():
 
 def test_cpu_kernels_compile_alone_with_gxx(tmp_path):
     """The CPU templates build with g++ alone, for float and bfloat16, with and without AVX (the
-    portable fallbacks)."""
+    portable fallbacks), and for AVX2 with the AVX-512 kernels compiled by target attribute."""
     gxx = shutil.which("g++") or shutil.which("c++")
     if gxx is None:
         pytest.skip("no C++ compiler")
@@ -46,9 +47,10 @@ def test_cpu_kernels_compile_alone_with_gxx(tmp_path):
         " const std::vector<cpu::PackedGroup>& groups, const int64_t* ids, float* out) {"
         " cpu::linear_packed(p, parts, groups, 0, 1); cpu::dequant_rows(parts[0].data, 14, 256, ids, 1, out);"
         " cpu::Q8Rows xq(1, 256); cpu::quantize_row_q8(out, 0, xq);"
-        " cpu::linear_q8(xq, nullptr, out, 1, 1, parts, groups, 0, 1); }\n"
+        " cpu::linear_q8(xq, nullptr, out, 1, 1, parts, groups, 0, 1, cpu::active_isa()); }\n"
     )
-    for arch in ([], ["-march=native"]):
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    for arch in ([], ["-march=x86-64-v3"] if x86 else [], ["-march=native"]):  # v3: the default build
         subprocess.run(
             [gxx, "-std=c++17", "-O1", "-Wall", "-Werror", "-Wno-psabi", *arch, "-c", "-I", str(KERNELS)]
             + [str(unit), "-o", str(tmp_path / "cpu.o")],

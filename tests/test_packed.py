@@ -2,6 +2,10 @@
 bitwise the fp32 linear over the dequantised weight (any M, parts, threads), bad input is a clear
 error, and a packed model gives the dequantised model's logits and tokens bit for bit."""
 
+import os
+import subprocess
+import sys
+
 import gguf
 import numpy as np
 import pytest
@@ -232,6 +236,50 @@ def test_linear_q8_numerics_and_row_invariance(fmt):
             assert torch.equal(ops.linear_q8(x[4:5], [blocks[:7], blocks[7:]], [code, code]), y[4:5])
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("fmt", Q8_FORMATS)
+def test_linear_q8_every_cpu_tier_gives_the_same_bits(fmt):
+    """The AVX-512 VNNI kernels sum the same exact integers per lane as the AVX2 ones, then take the
+    same float steps: every tier the machine runs gives the same bits, for M = 1 (the decoding
+    kernel) and blocks of rows (the verification kernel), with a bias and with parts."""
+    tiers = ops.available_cpu_isas()
+    if len(tiers) < 2:
+        pytest.skip(f"this CPU runs one kernel tier ({tiers[0]})")
+    k, n = 1536, 37
+    blocks = torch.from_numpy(random_blocks(fmt, n, k, seed=7))
+    code = PACKED_TYPES[fmt]
+    x = torch.randn(11, k, generator=torch.Generator().manual_seed(8)) * 3
+    bias = torch.randn(n)
+    results = {}
+    for tier in tiers:
+        with ops.use_cpu_isa(tier):
+            results[tier] = [ops.linear_q8(x[:m], [blocks], [code], bias) for m in (1, 3, 11)]
+            results[tier].append(ops.linear_q8(x[2:3], [blocks[:5], blocks[5:]], [code, code]))
+    first = results[tiers[0]]
+    for tier in tiers[1:]:
+        for a, b in zip(first, results[tier], strict=True):
+            assert torch.equal(a, b), tier
+
+
+def test_cpu_isa_choice_is_checked():
+    detected = ops.cpu_isa()
+    assert ops.available_cpu_isas()[-1] == detected
+    with pytest.raises(ValueError, match="unknown CPU kernel tier"):
+        ops.set_cpu_isa("amx")
+    if detected != "avx512_vnni":
+        with pytest.raises(ValueError, match="runs kernel tiers up to"):
+            ops.set_cpu_isa("avx512_vnni")
+    with ops.use_cpu_isa(ops.available_cpu_isas()[0]):
+        assert ops.cpu_isa() == ops.available_cpu_isas()[0]
+    assert ops.cpu_isa() == detected
+    env = {**os.environ, "PYSPEC_CPU_ISA": "avx9"}
+    run = subprocess.run([sys.executable, "-c", "import pyspec"], env=env, capture_output=True, text=True)
+    assert run.returncode != 0 and "PYSPEC_CPU_ISA=avx9: unknown CPU kernel tier" in run.stderr
+    env["PYSPEC_CPU_ISA"] = "avx2"
+    code = "import pyspec; print(pyspec.ops.cpu_isa())"
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.strip() == "avx2"
 
 
 def test_linear_q8_rejects_formats_it_lacks():

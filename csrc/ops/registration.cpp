@@ -46,4 +46,9 @@ TORCH_LIBRARY(pyspec, m) {
   m.def("add_rms_norm(Tensor x, Tensor residual, Tensor weight, float eps) -> (Tensor, Tensor)");
   // SwiGLU's activation: x [T, 2I] = gate | up -> silu(gate) * up [T, I].
   m.def("silu_mul(Tensor x) -> Tensor");
+  // The CPU kernel tier (generic, avx2, avx512_vnni): the one running, the highest this CPU runs, and
+  // a lower one chosen (tiers give the same bits; a speed choice).
+  m.def("cpu_isa() -> str");
+  m.def("cpu_isa_detected() -> str");
+  m.def("set_cpu_isa(str isa) -> str");
 }

@@ -90,9 +90,11 @@ at::Tensor linear_q8_cpu(const at::Tensor& x, at::TensorList weights, at::IntArr
     for (int64_t m = b; m < e; ++m) cpu::quantize_row_q8(xp + m * K, m, xq);
   });
   const std::vector<cpu::PackedGroup> groups = cpu::packed_groups(parts);
+  const cpu::Isa isa = cpu::active_isa();  // one tier for the whole call
   const int64_t grain = std::max<int64_t>(1, 4 * kMinTaskMacs / (cpu::kLinearRowsN * K * M));
   at::parallel_for(0, int64_t(groups.size()), grain, [&](int64_t b, int64_t e) {
-    cpu::linear_q8(xq, bias.has_value() ? bias->data_ptr<float>() : nullptr, y.data_ptr<float>(), M, N, parts, groups, b, e);
+    cpu::linear_q8(xq, bias.has_value() ? bias->data_ptr<float>() : nullptr, y.data_ptr<float>(), M, N, parts, groups, b, e,
+                   isa);
   });
   return y;
 }
