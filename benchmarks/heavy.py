@@ -5,6 +5,8 @@ assistant. Needs ``make qwen``.
 
 1. Profiles Qwen and the candidate drafts on calibration prompts held out of the benchmark
    (``--candidates``; saved to ``<out>/profile_qwen.json``, reused with ``--profile``) and plans.
+   The target runs in the weight format the plan chose (fp32 or packed GGUF blocks: the same
+   tokens); HF runs fp32.
 2. Runs pyspec ``ar`` and ``plan`` and HF ``hf``, ``hf-pld``, ``hf-assisted`` on held-out HumanEval
    and MT-bench prompts, greedy fp32, batch 1, interleaved with the order rotated per prompt;
    every output is checked token for token against its own tool's plain decoding. When Qwen's
@@ -69,8 +71,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument(
         "--candidates",
-        default=f"ngram,{ASSISTANT},{ASSISTANT}@bf16",
-        help="drafts the planner may stack, cheapest first (name@bf16: that model in bfloat16)",
+        default=f"ngram,{ASSISTANT}@bf16,{ASSISTANT}@q8",
+        help="drafts the planner may stack, cheapest first (name@bf16: that model in bfloat16; "
+        "@packed: its GGUF blocks; @q8: GGUF blocks with int8 activations)",
     )
     parser.add_argument(
         "--calibration-prompts", type=int, default=None, help="per dataset (default 2; quick 1)"
@@ -98,9 +101,16 @@ def main() -> None:
     else:
         profile = profile_model(target, args.candidates.split(","), calibration_prompts=calibration)
         (out / "profile_qwen.json").write_text(json.dumps(profile) + "\n")
-    choice = make_plan(profile, max_block=16).for_batch(1)
+    plan = make_plan(profile, max_block=16)
+    choice = plan.for_batch(1)
     predicted, plain = choice.seconds_per_token * 1e3, choice.no_speculation_seconds * 1e3
-    print(f"plan: {choice.label} (predicted {predicted:.0f} ms/token, plain {plain:.0f})", flush=True)
+    print(
+        f"plan: {choice.label}, target weights {plan.weights} (predicted {predicted:.0f} ms/token, "
+        f"plain {plain:.0f})",
+        flush=True,
+    )
+    if plan.weights != target.weights_format:  # the plan's faster exact format: the same tokens
+        target = load_model(TARGET, packed=plan.weights == "packed")
     modes = ["ar", "plan", "hf", "hf-pld", "hf-assisted"]
     if weights_path(target, "hidden-transfer").exists():
         modes.insert(2, "hidden-transfer")

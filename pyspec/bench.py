@@ -164,13 +164,17 @@ class Modes:
         self._assistant_kw: dict = {}
 
     def hf(self):
-        """The target as a ``transformers`` model (fp32), from the folder pyspec loaded."""
+        """The target as a ``transformers`` model (fp32), from the folder pyspec loaded (a packed
+        model's GGUF converted to fp32 safetensors once, as ``load_model`` does)."""
         if self._hf is None:
             from transformers import AutoModelForCausalLM
 
-            self._hf = AutoModelForCausalLM.from_pretrained(
-                str(self.model.folder), dtype=torch.float32
-            ).eval()
+            folder = self.model.folder
+            if self.model.packed:
+                from pyspec.models.loading import gguf_file, prepare_gguf
+
+                folder = prepare_gguf(gguf_file(self.model.source), progress=False)
+            self._hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
         return self._hf
 
     def assistant(self):

@@ -186,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="speculative decoding: a draft level, bottom to top (repeatable): 'ngram', 'early:N' "
         "(the target's first N layers), a trained 'draft-lm-1l' / 'draft-lm-3l', or a model (name, "
-        ".gguf or folder, '@bf16' for bfloat16; another tokenizer's drafts are re-tokenized); or "
+        ".gguf or folder, '@bf16' bfloat16, '@packed' GGUF blocks, '@q8' int8 activations; another "
+        "tokenizer's drafts are re-tokenized); or "
         "'medusa' / 'hidden-transfer' alone (--tree: widths)",
     )
     gen.add_argument("--block-size", type=int, action="append", default=[], help="tokens per draft level")

@@ -45,8 +45,8 @@ def available_cpu_isas() -> list[str]:
 
 
 def set_cpu_isa(isa: str) -> str:
-    """Runs the kernels of tier ``isa`` from now on (process-wide); returns it. A tier above
-    :func:`detected_cpu_isa` or an unknown name is a ``ValueError``.
+    """Runs the kernels of tier ``isa`` from now on (process-wide); returns it. A tier not in
+    :func:`available_cpu_isas` or an unknown name is a ``ValueError``.
 
     Example:
         >>> previous = cpu_isa()
@@ -56,8 +56,9 @@ def set_cpu_isa(isa: str) -> str:
     """
     if isa not in CPU_ISAS:
         raise ValueError(f"unknown CPU kernel tier {isa!r}: one of {', '.join(CPU_ISAS)}")
-    if CPU_ISAS.index(isa) > CPU_ISAS.index(detected_cpu_isa()):
-        raise ValueError(f"this CPU runs kernel tiers up to {detected_cpu_isa()}, not {isa}")
+    if isa not in available_cpu_isas():
+        tiers = ", ".join(available_cpu_isas())
+        raise ValueError(f"this CPU and build run the kernel tiers {tiers}, not {isa}")
     return torch.ops.pyspec.set_cpu_isa(isa)
 
 

@@ -59,8 +59,9 @@ def hardware() -> dict:
 
 def resolve_candidate(target: LlamaModel, name: str) -> LlamaModel | str:
     """A candidate draft by name (:func:`pyspec.drafters.names.resolve_draft`: ``"ngram"``,
-    ``"early:N"``, a trained draft LM, another model, ``@bf16``); another model is loaded once per
-    process. Medusa heads and hidden transfer draft from the target's own pass: not candidates.
+    ``"early:N"``, a trained draft LM, another model, ``@bf16`` / ``@packed`` / ``@q8``); another
+    model is loaded once per process. Medusa heads and hidden transfer draft from the target's own
+    pass: not candidates.
 
     Example:
         >>> resolve_candidate(target, "smollm2-135m-instruct@bf16").embed_tokens.dtype  # doctest: +SKIP
@@ -73,10 +74,12 @@ def resolve_candidate(target: LlamaModel, name: str) -> LlamaModel | str:
 
 
 @functools.cache
-def _loaded_once(name_or_path: str, dtype: torch.dtype) -> LlamaModel:
+def _loaded_once(
+    name_or_path: str, dtype: torch.dtype = torch.float32, packed: bool = False, compute: str = "exact"
+) -> LlamaModel:
     from pyspec.api import load_model
 
-    return load_model(name_or_path, dtype=dtype, progress=False)
+    return load_model(name_or_path, dtype=dtype, progress=False, packed=packed, compute=compute)
 
 
 def forward_seconds(

@@ -137,7 +137,7 @@ def test_unusual_valid_text_decodes_the_same_everywhere(model, capsys):
         ("early:x", "'early:N' takes a number of layers"),
         ("early:0", "'early:N' takes a number of layers"),
         ("early:99", "num_layers must be in \\[1, 30\\]"),
-        ("smollm2-135m-instruct@fp8", "the only precision suffix is '@bf16'"),
+        ("smollm2-135m-instruct@fp8", "the precision suffixes are '@bf16', '@packed', '@q8'"),
         ("no-such-draft", "unknown draft 'no-such-draft': use 'ngram', 'early:N'"),
         ("draft-lm-9l", "no trained draft 'draft-lm-9l'"),
     ],

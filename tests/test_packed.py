@@ -13,6 +13,7 @@ import torch
 
 import pyspec
 from pyspec import ops
+from pyspec.cpu_isa import CPU_ISAS
 from pyspec.models.packed import PACKED_TYPES, PackedWeight
 
 FORMATS = list(PACKED_TYPES)
@@ -263,16 +264,19 @@ def test_linear_q8_every_cpu_tier_gives_the_same_bits(fmt):
 
 
 def test_cpu_isa_choice_is_checked():
-    detected = ops.cpu_isa()
-    assert ops.available_cpu_isas()[-1] == detected
+    current = ops.cpu_isa()  # the detected tier, unless PYSPEC_CPU_ISA lowered it
+    assert current in ops.available_cpu_isas()
+    assert ops.available_cpu_isas()[-1] == torch.ops.pyspec.cpu_isa_detected()
     with pytest.raises(ValueError, match="unknown CPU kernel tier"):
         ops.set_cpu_isa("amx")
-    if detected != "avx512_vnni":
-        with pytest.raises(ValueError, match="runs kernel tiers up to"):
-            ops.set_cpu_isa("avx512_vnni")
+    for tier in set(CPU_ISAS) - set(ops.available_cpu_isas()):  # "generic" at least, on x86
+        with pytest.raises(ValueError, match="run the kernel tiers"):
+            ops.set_cpu_isa(tier)
+        with pytest.raises(RuntimeError, match="run the kernel tiers"):  # the op checks alike
+            torch.ops.pyspec.set_cpu_isa(tier)
     with ops.use_cpu_isa(ops.available_cpu_isas()[0]):
         assert ops.cpu_isa() == ops.available_cpu_isas()[0]
-    assert ops.cpu_isa() == detected
+    assert ops.cpu_isa() == current
     env = {**os.environ, "PYSPEC_CPU_ISA": "avx9"}
     run = subprocess.run([sys.executable, "-c", "import pyspec"], env=env, capture_output=True, text=True)
     assert run.returncode != 0 and "PYSPEC_CPU_ISA=avx9: unknown CPU kernel tier" in run.stderr
@@ -307,3 +311,18 @@ def test_packed_early_exit_draft_is_lossless(smollm2_pair):
     assert draft.embed_tokens is packed.embed_tokens and draft.packed
     want = pyspec.generate(packed, "def add(a, b):", max_new_tokens=16)[0].tokens
     assert pyspec.generate(packed, "def add(a, b):", max_new_tokens=16, drafts=[draft])[0].tokens == want
+
+
+@pytest.mark.parametrize("suffix", ["packed", "q8"])
+def test_a_packed_or_q8_model_drafts_losslessly_for_an_fp32_target(smollm2_pair, suffix):
+    """``name@packed`` / ``name@q8`` drafts load the model from its GGUF blocks; the fp32 target's
+    tokens are unchanged (a q8 draft is another model: it only changes what is accepted)."""
+    from pyspec.drafters.names import resolve_draft
+
+    dense, _ = smollm2_pair
+    draft = resolve_draft(dense, f"smollm2-135m-instruct@{suffix}")
+    assert draft.packed and draft.weights_format == suffix and draft.name == f"smollm2-135m-instruct@{suffix}"
+    prompt = "Write a haiku about the sea."
+    want = pyspec.generate(dense, prompt, max_new_tokens=24)[0].tokens
+    got = pyspec.generate(dense, prompt, max_new_tokens=24, drafts=[draft], block_sizes=[3])[0]
+    assert got.tokens == want

@@ -64,9 +64,11 @@ inline std::atomic<int>& isa_setting() {
 // The tier the kernels run now.
 inline Isa active_isa() { return Isa(isa_setting().load(std::memory_order_relaxed)); }
 
-// Runs the kernels of tier `isa` from now on; false (nothing changed) above detected_isa().
+// Runs the kernels of tier `isa` from now on; false (nothing changed) above detected_isa(), or for
+// Generic on an AVX2 build (its kernels are AVX2 at the least).
 inline bool set_isa(Isa isa) {
-  if (int(isa) < 0 || int(isa) > int(detected_isa())) return false;
+  const Isa top = detected_isa();
+  if (int(isa) < 0 || int(isa) > int(top) || (isa == Isa::Generic && top != Isa::Generic)) return false;
   isa_setting().store(int(isa), std::memory_order_relaxed);
   return true;
 }

@@ -8,14 +8,17 @@ Accepted, for a target model:
   ``"draft-lm-3l"`` (levels of a stack), ``"medusa"``, ``"hidden-transfer"`` (future-token heads,
   the only draft of a stack);
 - another model: a registry name, a ``.gguf`` file or a Hugging Face folder (what
-  :func:`pyspec.load_model` takes), with ``"@bf16"`` appended to load it in bfloat16 (a draft's
-  precision changes how often it is right, never the output).
+  :func:`pyspec.load_model` takes), with a suffix for how its weights load (:data:`PRECISIONS`):
+  ``"@bf16"`` bfloat16, ``"@packed"`` its GGUF blocks kept packed, ``"@q8"`` packed with int8
+  activations (a draft's numerics change how often it is right, never the output).
 
 Example:
     >>> parse_draft("early:20")
     ('early', 20)
     >>> parse_draft("smollm2-135m-instruct@bf16")
     ('model', 'smollm2-135m-instruct', 'bf16')
+    >>> PRECISIONS["q8"]
+    {'packed': True, 'compute': 'q8'}
 """
 
 from __future__ import annotations
@@ -28,16 +31,24 @@ from pyspec.drafters.trained import HEADS, load_draft_model
 from pyspec.models.llama import LlamaModel
 from pyspec.models.loading import ModelNotFoundError
 
+# A model draft's suffix -> pyspec.load_model's keyword arguments.
+PRECISIONS: dict[str, dict] = {
+    "bf16": {"dtype": torch.bfloat16},
+    "packed": {"packed": True},
+    "q8": {"packed": True, "compute": "q8"},
+}
+
 ACCEPTED = (
     "'ngram', 'early:N' (the target's first N layers), a trained 'draft-lm-1l' / 'draft-lm-3l', "
     "'medusa' or 'hidden-transfer' (alone), or a model: a registry name, a .gguf file or a Hugging Face "
-    "folder, with '@bf16' for bfloat16 weights"
+    "folder, with '@bf16' (bfloat16), '@packed' (GGUF blocks) or '@q8' (GGUF blocks, int8 activations)"
 )
 
 
 def parse_draft(name: str) -> tuple:
     """What a draft name means, without loading anything: ``("ngram",)``, ``("early", N)``,
-    ``("trained", name)`` or ``("model", name_or_path, precision)`` (precision ``""`` or ``"bf16"``).
+    ``("trained", name)`` or ``("model", name_or_path, precision)`` (precision ``""`` or a key of
+    :data:`PRECISIONS`).
     Raises ValueError, listing what is accepted, for anything else."""
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"a draft name must be a non-empty string, got {name!r}; use {ACCEPTED}")
@@ -51,8 +62,9 @@ def parse_draft(name: str) -> tuple:
     if name in HEADS or name.startswith("draft-lm-"):
         return ("trained", name)
     base, at, precision = name.rpartition("@") if "@" in name else (name, "", "")
-    if at and precision != "bf16":
-        raise ValueError(f"bad draft {name!r}: the only precision suffix is '@bf16'")
+    if at and precision not in PRECISIONS:
+        suffixes = ", ".join(f"'@{p}'" for p in PRECISIONS)
+        raise ValueError(f"bad draft {name!r}: the precision suffixes are {suffixes}")
     return ("model", base, precision)
 
 
@@ -61,9 +73,9 @@ def resolve_draft(
 ) -> LlamaModel | str:
     """The draft ``name`` for ``target``: ``"ngram"``, ``"medusa"`` and ``"hidden-transfer"`` stay
     names (the stack builds them); everything else becomes a model. A model passes through.
-    ``load(name_or_path, dtype=...)`` loads another model (default :func:`pyspec.load_model`; the
-    planner passes a cached one). Raises ValueError listing what is accepted, FileNotFoundError
-    for a trained draft that is not shipped for this target.
+    ``load(name_or_path, **PRECISIONS[suffix])`` loads another model (default
+    :func:`pyspec.load_model`; the planner passes a cached one). Raises ValueError listing what is
+    accepted, FileNotFoundError for a trained draft that is not shipped for this target.
 
     Example:
         >>> resolve_draft(target, "early:8").config.num_layers  # doctest: +SKIP
@@ -85,7 +97,7 @@ def resolve_draft(
         from pyspec.api import load_model as load
     path, precision = rest
     try:
-        draft = load(path, dtype=torch.bfloat16 if precision else torch.float32)
+        draft = load(path, **PRECISIONS.get(precision, {}))
     except ModelNotFoundError as e:
         raise ValueError(f"unknown draft {name!r}: use {ACCEPTED} ({e})") from None
     if precision:
