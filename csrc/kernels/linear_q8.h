@@ -123,6 +123,37 @@ inline int32_t kquant_min_term(const uint8_t* mins_or_scales, const Q8Rows& xq, 
   }
 }
 
+// A 32-value block (Q4_0, Q4_1, Q8_0) for the q8 kernels of every tier: its unsigned quants u (Q8_0:
+// |q|, x takes q's sign), scale d and offset wo (w = d u + wo); per x row, the integer sum of u x
+// (each tier's instruction) enters two accumulators, (d dx) isum by lanes and (wo dx) sum(x).
+template <QType QT>
+struct SmallQ8Block {
+  __m256i u, sign = _mm256_setzero_si256();
+  float d, wo = 0.f;
+
+  explicit SmallQ8Block(const uint8_t* b) : d(half_to_float(b)) {
+    if constexpr (QT == QType::Q8_0) {
+      sign = load32(b + 2);
+      u = _mm256_sign_epi8(sign, sign);
+    } else {
+      const __m128i raw = load16(b + (QT == QType::Q4_1 ? 4 : 2));
+      u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(0x0f));
+      wo = QT == QType::Q4_1 ? half_to_float(b + 2) : -8.f * d;
+    }
+  }
+  // x row m's quants of block blk (with q's sign for Q8_0)
+  __m256i x(const Q8Rows& xq, int64_t m, int64_t blk) const {
+    const __m256i v = load32(xq.q32.data() + m * xq.K + 32 * blk);
+    if constexpr (QT == QType::Q8_0) return _mm256_sign_epi8(v, sign);
+    return v;
+  }
+  void accumulate(__m256i isum, const Q8Rows& xq, int64_t m, int64_t blk, vfloat& acc, float& acc_min) const {
+    const int64_t i = m * (xq.K / 32) + blk;
+    if constexpr (QT != QType::Q8_0) acc_min = std::fma(wo * xq.d32[i], float(xq.sum32[i]), acc_min);
+    acc = fmadd(splat(d * xq.d32[i]), to_vfloat(isum), acc);
+  }
+};
+
 // Dot products of one packed weight row with x rows [m0, m0 + n) of the quantised x, into out[n].
 // Each weight block is decoded once for all n rows. Per row, two accumulators in a fixed order: 8
 // float lanes for the scaled integer sums, one float for the minimums' term.
@@ -183,27 +214,8 @@ void dot_q8(const uint8_t* w, const Q8Rows& xq, int64_t m0, int rows, float* out
   } else {
     // x per 32 values; per block: (d dx) sum(u q) + (wo dx) sum(q)
     for (int64_t blk = 0; blk < K / 32; ++blk) {
-      const uint8_t* b = w + blk * f.block_bytes;
-      const float d = half_to_float(b);
-      __m256i u, sign = _mm256_setzero_si256();
-      float wo = 0.f;
-      if constexpr (QT == QType::Q8_0) {
-        sign = load32(b + 2);
-        u = _mm256_sign_epi8(sign, sign);  // |q|; x takes q's sign
-      } else {
-        const __m128i raw = load16(b + (QT == QType::Q4_1 ? 4 : 2));
-        u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low4);
-        wo = QT == QType::Q4_1 ? half_to_float(b + 2) : -8.f * d;
-      }
-      for (int r = 0; r < n; ++r) {
-        const int64_t m = m0 + r;
-        __m256i x = load32(xq.q32.data() + m * K + 32 * blk);
-        if constexpr (QT == QType::Q8_0) x = _mm256_sign_epi8(x, sign);
-        const float dx = xq.d32[m * (K / 32) + blk];
-        if constexpr (QT != QType::Q8_0)
-          acc_min[r] = std::fma(wo * dx, float(xq.sum32[m * (K / 32) + blk]), acc_min[r]);
-        acc[r] = fmadd(splat(d * dx), to_vfloat(dot_u8s8(u, x)), acc[r]);
-      }
+      const SmallQ8Block<QT> s(w + blk * f.block_bytes);
+      for (int r = 0; r < n; ++r) s.accumulate(dot_u8s8(s.u, s.x(xq, m0 + r, blk)), xq, m0 + r, blk, acc[r], acc_min[r]);
     }
     for (int r = 0; r < n; ++r) out[r] = reduce_lanes(acc[r]) + acc_min[r];
   }
@@ -290,28 +302,11 @@ PYSPEC_TARGET_AVX512 void dot_q8_vnni(const uint8_t* w, const Q8Rows& xq, int64_
     }
     for (int r = 0; r < n; ++r) out[r] = reduce_lanes(acc[r]) - acc_min[r];
   } else {
-    const __m256i low4 = _mm256_set1_epi8(0x0f);
     for (int64_t blk = 0; blk < K / 32; ++blk) {
-      const uint8_t* b = w + blk * f.block_bytes;
-      const float d = half_to_float(b);
-      __m256i u, sign = _mm256_setzero_si256();
-      float wo = 0.f;
-      if constexpr (QT == QType::Q8_0) {
-        sign = load32(b + 2);
-        u = _mm256_sign_epi8(sign, sign);
-      } else {
-        const __m128i raw = load16(b + (QT == QType::Q4_1 ? 4 : 2));
-        u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low4);
-        wo = QT == QType::Q4_1 ? half_to_float(b + 2) : -8.f * d;
-      }
+      const SmallQ8Block<QT> s(w + blk * f.block_bytes);
       for (int r = 0; r < n; ++r) {
-        const int64_t m = m0 + r;
-        __m256i x = load32(xq.q32.data() + m * K + 32 * blk);
-        if constexpr (QT == QType::Q8_0) x = _mm256_sign_epi8(x, sign);
-        const float dx = xq.d32[m * (K / 32) + blk];
-        if constexpr (QT != QType::Q8_0)
-          acc_min[r] = std::fma(wo * dx, float(xq.sum32[m * (K / 32) + blk]), acc_min[r]);
-        acc[r] = fmadd(splat(d * dx), to_vfloat(_mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x)), acc[r]);
+        const __m256i isum = _mm256_dpbusd_epi32(_mm256_setzero_si256(), s.u, s.x(xq, m0 + r, blk));
+        s.accumulate(isum, xq, m0 + r, blk, acc[r], acc_min[r]);
       }
     }
     for (int r = 0; r < n; ++r) out[r] = reduce_lanes(acc[r]) + acc_min[r];
