@@ -123,6 +123,18 @@ inline int32_t kquant_min_term(const uint8_t* mins_or_scales, const Q8Rows& xq, 
   }
 }
 
+// The float steps of K-quant block blk for x row m, the same in every tier: (d dx) times the 8 lane
+// sums of scaled integer products into acc, and (dmin dx, Q6_K: d dx) times the minimums' term into
+// acc_min (min_bytes: Q4_K's 8 minimums, Q6_K's 16 scales).
+template <QType QT>
+inline void kquant_accumulate(__m256i isum, const uint8_t* min_bytes, float d, float dmin, const Q8Rows& xq,
+                              int64_t m, int64_t blk, vfloat& acc, float& acc_min) {
+  const float dx = xq.d256[m * (xq.K / 256) + blk];
+  const int32_t imin = kquant_min_term<QT>(min_bytes, xq, m, blk);
+  acc = fmadd(splat(d * dx), to_vfloat(isum), acc);
+  acc_min = std::fma(QT == QType::Q4_K ? dmin * dx : d * dx, float(imin), acc_min);
+}
+
 // A 32-value block (Q4_0, Q4_1, Q8_0) for the q8 kernels of every tier: its unsigned quants u (Q8_0:
 // |q|, x takes q's sign), scale d and offset wo (w = d u + wo); per x row, the integer sum of u x
 // (each tier's instruction) enters two accumulators, (d dx) isum by lanes and (wo dx) sum(x).
@@ -201,13 +213,10 @@ void dot_q8(const uint8_t* w, const Q8Rows& xq, int64_t m0, int rows, float* out
       for (int r = 0; r < n; ++r) {
         const int64_t m = m0 + r;
         const int8_t* qx = xq.q256.data() + m * K + 256 * blk;
-        const float dx = xq.d256[m * (K / 256) + blk];
         __m256i isum = _mm256_setzero_si256();
         for (int j = 0; j < 8; ++j)
           isum = _mm256_add_epi32(isum, _mm256_madd_epi16(_mm256_maddubs_epi16(u[j], load32(qx + 32 * j)), scales[j]));
-        const int32_t imin = kquant_min_term<QT>(min_bytes, xq, m, blk);
-        acc[r] = fmadd(splat(d * dx), to_vfloat(isum), acc[r]);
-        acc_min[r] = std::fma(QT == QType::Q4_K ? dmin * dx : d * dx, float(imin), acc_min[r]);
+        kquant_accumulate<QT>(isum, min_bytes, d, dmin, xq, m, blk, acc[r], acc_min[r]);
       }
     }
     for (int r = 0; r < n; ++r) out[r] = reduce_lanes(acc[r]) - acc_min[r];
@@ -290,14 +299,11 @@ PYSPEC_TARGET_AVX512 void dot_q8_vnni(const uint8_t* w, const Q8Rows& xq, int64_
       for (int r = 0; r < n; ++r) {
         const int64_t m = m0 + r;
         const int8_t* qx = xq.q256.data() + m * K + 256 * blk;
-        const float dx = xq.d256[m * (K / 256) + blk];
         __m512i isum = _mm512_setzero_si512();
         for (int p = 0; p < 4; ++p)
           isum = _mm512_dpwssd_epi32(isum, _mm512_maddubs_epi16(u[p], _mm512_loadu_si512(qx + 64 * p)), sc[p]);
         const __m256i isum8 = _mm256_add_epi32(_mm512_castsi512_si256(isum), _mm512_extracti64x4_epi64(isum, 1));
-        const int32_t imin = kquant_min_term<QT>(min_bytes, xq, m, blk);
-        acc[r] = fmadd(splat(d * dx), to_vfloat(isum8), acc[r]);
-        acc_min[r] = std::fma(QT == QType::Q4_K ? dmin * dx : d * dx, float(imin), acc_min[r]);
+        kquant_accumulate<QT>(isum8, min_bytes, d, dmin, xq, m, blk, acc[r], acc_min[r]);
       }
     }
     for (int r = 0; r < n; ++r) out[r] = reduce_lanes(acc[r]) - acc_min[r];

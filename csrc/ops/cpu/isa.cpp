@@ -15,9 +15,8 @@ std::string cpu_isa_detected() { return cpu::isa_name(cpu::detected_isa()); }
 std::string set_cpu_isa(const std::string& name) {
   const int isa = cpu::isa_from_name(name.c_str());
   TORCH_CHECK(isa >= 0, "pyspec: unknown CPU kernel tier '", name, "' (generic, avx2, avx512_vnni)");
-  TORCH_CHECK(cpu::set_isa(cpu::Isa(isa)), "pyspec: this CPU and build run the kernel tiers ",
-              cpu::detected_isa() == cpu::Isa::Generic ? "generic" : "avx2 up to ",
-              cpu::detected_isa() == cpu::Isa::Generic ? "" : cpu::isa_name(cpu::detected_isa()), ", not ", name);
+  TORCH_CHECK(cpu::set_isa(cpu::Isa(isa)), "pyspec: this CPU and build run the kernel tiers up to ",
+              cpu_isa_detected(), " (generic only without AVX2), not ", name);
   return cpu_isa();
 }
 
