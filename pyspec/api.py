@@ -10,6 +10,7 @@ import torch
 
 from planner.plan import Plan, make_plan
 from pyspec.decoding.autoregressive import generate_autoregressive
+from pyspec.decoding.draft_policy import DraftPolicy
 from pyspec.decoding.hierarchy import build_stack
 from pyspec.decoding.output import GenerationOutput, StreamCallback
 from pyspec.decoding.speculative import generate_speculative
@@ -145,6 +146,26 @@ def drafter_from_plan(model: LlamaModel, plan: Plan, batch_size: int) -> Drafter
     """
     drafts, block_sizes, tree = _from_plan(model, plan, batch_size)
     return None if drafts is None else build_stack(model, drafts, block_sizes, tree)
+
+
+def policy_from_plan(model: LlamaModel, plan: Plan, max_batch: int) -> DraftPolicy:
+    """A :class:`~pyspec.decoding.draft_policy.DraftPolicy` for the batch engine: for every batch
+    size up to ``max_batch``, the drafter ``plan`` chose for it (one drafter per distinct choice).
+
+    Example:
+        >>> engine = BatchEngine(model, policy_from_plan(model, plan, 8), max_batch=8)  # doctest: +SKIP
+    """
+    built: dict[str, Drafter | None] = {}
+    choices, labels = [], []
+    with warnings.catch_warnings():  # warn once, not once per batch size
+        for batch in range(1, max_batch + 1):
+            label = plan.for_batch(batch).label
+            if label not in built:
+                built[label] = drafter_from_plan(model, plan, batch)
+                warnings.simplefilter("ignore")
+            choices.append(built[label])
+            labels.append(label)
+    return DraftPolicy(choices, labels)
 
 
 def _from_plan(model: LlamaModel, plan: Plan, batch_size: int) -> tuple:

@@ -1,5 +1,5 @@
-"""The ``pyspec`` command line: ``pyspec generate``, ``pyspec apar``, ``pyspec profile``, ``pyspec plan``,
-``pyspec bench``."""
+"""The ``pyspec`` command line: ``pyspec generate``, ``pyspec serve``, ``pyspec apar``, ``pyspec profile``,
+``pyspec plan``, ``pyspec bench``."""
 
 from __future__ import annotations
 
@@ -130,6 +130,49 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from pyspec.api import load_model
+    from pyspec.drafters.names import parse_draft
+    from pyspec.serve import build_app, build_policy, run_server
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
+    if args.draft and args.speculation != "fixed":
+        raise ValueError("--draft sets a fixed speculation: add --speculation fixed (or give a --plan)")
+    if args.plan != "auto" and args.speculation != "plan":
+        raise ValueError(f"--plan is for --speculation plan, not {args.speculation!r}")
+    for spec in args.draft:
+        parse_draft(spec)
+    if args.max_batch < 1 or args.max_length < 2:
+        raise ValueError("--max-batch must be >= 1 and --max-length >= 2")
+    plan = None
+    if args.speculation == "plan" and args.plan != "auto":
+        from planner.plan import Plan
+
+        with open(args.plan) as f:
+            plan = Plan.from_json(f.read())
+    packed = args.packed or args.compute == "q8" or (plan is not None and plan.weights == "packed")
+    model = load_model(args.model, packed=packed, compute=args.compute)
+    policy = build_policy(
+        model, args.speculation, plan or "auto", args.draft or ["ngram"], args.block_size, args.max_batch
+    )
+    for batch in sorted({1, args.max_batch}):
+        print(f"speculation at {batch} running: {policy.label(batch)}", file=sys.stderr)
+    app = build_app(
+        model,
+        policy,
+        args.served_model_name or args.model,
+        max_batch=args.max_batch,
+        max_length=args.max_length,
+        num_pages=args.kv_pages,
+        max_wait_seconds=args.max_wait,
+        max_waiting=args.max_waiting,
+    )
+    run_server(app, args.host, args.port, args.drain)
+    return 0
+
+
 def _apar(args: argparse.Namespace) -> int:
     from pyspec.api import encode_prompts
     from pyspec.decoding.apar import generate_apar
@@ -213,6 +256,45 @@ def build_parser() -> argparse.ArgumentParser:
         help="q8: packed weights with llama.cpp-style int8 activations (faster; a different target)",
     )
     gen.set_defaults(run=_generate)
+
+    sv = sub.add_parser(
+        "serve", help="an OpenAI-compatible HTTP server; speculation chosen per load from a plan"
+    )
+    sv.add_argument("--model", default="smollm2-135m-instruct", help="registry name, GGUF file or HF folder")
+    sv.add_argument("--served-model-name", default=None, help="the name clients ask for (default --model)")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument(
+        "--speculation",
+        choices=("plan", "fixed", "off"),
+        default="plan",
+        help="plan: the plan's choice for the running batch size, every step (default); fixed: --draft "
+        "at every load; off: plain decoding",
+    )
+    sv.add_argument(
+        "--plan",
+        default="auto",
+        help="a plan file from `pyspec plan` (batch sizes up to --max-batch); 'auto': this machine's, "
+        "profiled once and cached (default)",
+    )
+    sv.add_argument(
+        "--draft", action="append", default=[], help="--speculation fixed: a draft level (repeatable)"
+    )
+    sv.add_argument("--block-size", type=int, action="append", default=[], help="tokens per draft level")
+    sv.add_argument("--max-batch", type=int, default=8, help="sequences decoded together at most")
+    sv.add_argument("--max-length", type=int, default=2048, help="prompt plus reply tokens at most")
+    sv.add_argument(
+        "--kv-pages",
+        type=int,
+        default=None,
+        help="KV pool size in pages of 16 (default: room for a full batch)",
+    )
+    sv.add_argument("--max-wait", type=float, default=30.0, help="seconds a request may queue before a 503")
+    sv.add_argument("--max-waiting", type=int, default=256, help="queued requests at most (more get a 503)")
+    sv.add_argument("--drain", type=float, default=10.0, help="seconds requests in flight get on shutdown")
+    sv.add_argument("--packed", action="store_true", help="keep a GGUF model's weights in their blocks")
+    sv.add_argument("--compute", choices=("exact", "q8"), default="exact", help="see `pyspec generate`")
+    sv.set_defaults(run=_serve)
 
     ap = sub.add_parser("apar", help="APAR: SmolLM2 fine-tuned to fork its answer into parallel streams")
     ap.add_argument("--prompt", required=True)

@@ -1,0 +1,136 @@
+"""``pyspec serve``: a model, its speculation policy and the HTTP app, run by uvicorn.
+
+Speculation is one of:
+
+- ``plan`` (the default): a plan file from ``pyspec plan``, or ``"auto"``: the plan made on this
+  machine for this target, profiled once (a few minutes, at batch sizes 1, 2, 4, ... up to
+  ``max_batch``) and cached under ``<cache>/plans/``. Every step runs the plan's choice for the
+  number of running sequences;
+- ``fixed``: the same draft stack at every load (``drafts`` and ``block_sizes``);
+- ``off``: plain decoding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from planner.plan import Plan
+from pyspec.decoding.draft_policy import DraftPolicy
+from pyspec.decoding.engine import BatchEngine
+from pyspec.models.llama import LlamaModel
+from pyspec.serve.engine_loop import EngineLoop
+from pyspec.serve.metrics import ServerMetrics
+
+log = logging.getLogger("pyspec.serve")
+SPECULATION = ("plan", "fixed", "off")
+
+
+def plan_batch_sizes(max_batch: int) -> list[int]:
+    """Powers of two up to ``max_batch``, and ``max_batch``.
+
+    Example:
+        >>> plan_batch_sizes(12)
+        [1, 2, 4, 8, 12]
+    """
+    sizes = [1]
+    while sizes[-1] * 2 <= max_batch:
+        sizes.append(sizes[-1] * 2)
+    return sizes + ([max_batch] if sizes[-1] != max_batch else [])
+
+
+def auto_plan(model: LlamaModel, max_batch: int, drafts: Sequence[str] = ("ngram",)) -> Plan:
+    """This machine's plan for ``model`` up to ``max_batch`` sequences: read from the cache, or
+    profiled and planned now (progress bars on stderr) and cached."""
+    from pyspec.api import plan as make_plan
+    from pyspec.models.loading import cache_root
+    from pyspec.profile import hardware
+
+    sizes = plan_batch_sizes(max_batch)
+    key = json.dumps([model.name, model.weights_format, hardware(), list(drafts), sizes], sort_keys=True)
+    path = Path(cache_root()) / "plans" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    if path.exists():
+        log.info("plan from %s", path)
+        return Plan.from_json(path.read_text())
+    log.warning(
+        "profiling %s on this machine for a plan (batch sizes %s; once, then cached)", model.name, sizes
+    )
+    made = make_plan(model, drafts=list(drafts), batch_sizes=sizes, max_block=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(made.to_json())
+    tmp.replace(path)
+    return made
+
+
+def build_policy(
+    model: LlamaModel,
+    speculation: str = "plan",
+    plan: Plan | str | None = "auto",
+    drafts: Sequence[str] = ("ngram",),
+    block_sizes: Sequence[int] | None = None,
+    max_batch: int = 8,
+) -> DraftPolicy:
+    """The speculation policy of a server (see the module docstring).
+
+    Example:
+        >>> build_policy(model, "fixed", drafts=["ngram"], block_sizes=[4]).label(8)  # doctest: +SKIP
+        'ngram(block=4)'
+    """
+    from pyspec.api import policy_from_plan
+    from pyspec.decoding.hierarchy import build_stack
+    from pyspec.drafters.names import resolve_draft
+
+    if speculation not in SPECULATION:
+        raise ValueError(f"speculation must be one of {SPECULATION}, got {speculation!r}")
+    if speculation == "off":
+        return DraftPolicy.fixed(None)
+    if speculation == "fixed":
+        stack = [resolve_draft(model, d) for d in drafts]
+        return DraftPolicy.fixed(build_stack(model, stack, list(block_sizes) if block_sizes else None))
+    if plan is None or plan == "auto":
+        plan = auto_plan(model, max_batch, drafts)
+    elif isinstance(plan, str):
+        plan = Plan.from_json(Path(plan).read_text())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        policy = policy_from_plan(model, plan, max_batch)
+    for w in caught:
+        log.warning("%s", w.message)
+    return policy
+
+
+def build_app(
+    model: LlamaModel,
+    policy: DraftPolicy,
+    model_name: str | None = None,
+    max_batch: int = 8,
+    max_length: int = 2048,
+    num_pages: int | None = None,
+    max_wait_seconds: float = 30.0,
+    max_waiting: int = 256,
+):
+    """The ASGI app serving ``model`` with ``policy`` (the engine thread runs while the app does).
+
+    Example:
+        >>> app = build_app(model, build_policy(model, "off"))  # doctest: +SKIP
+        >>> uvicorn.run(app, port=8000)  # doctest: +SKIP
+    """
+    from pyspec.serve.app import create_app
+
+    name = model_name or model.name
+    engine = BatchEngine(model, policy, max_batch=max_batch, max_length=max_length, num_pages=num_pages)
+    loop = EngineLoop(engine, ServerMetrics(name), max_wait_seconds, max_waiting)
+    return create_app(loop, name)
+
+
+def run_server(app, host: str = "127.0.0.1", port: int = 8000, drain_seconds: float = 10.0) -> None:
+    """Serves ``app`` until interrupted; on shutdown, requests in flight get ``drain_seconds`` to
+    finish, then the rest are cancelled (their clients get a 503)."""
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, timeout_graceful_shutdown=drain_seconds, log_level="info")
