@@ -95,7 +95,10 @@ def drive(url: str, requests: list[tuple[str, str]], concurrency: int, max_token
         try:
             if kind == "chat":
                 r = client.chat.completions.create(
-                    model=MODEL, messages=[{"role": "user", "content": text}], max_tokens=max_tokens, temperature=0
+                    model=MODEL,
+                    messages=[{"role": "user", "content": text}],
+                    max_tokens=max_tokens,
+                    temperature=0,
                 )
                 out = r.choices[0].message.content
             else:
@@ -138,14 +141,15 @@ def main() -> None:
     plan_server.wait()  # alone: profiling must not share the CPU
     log = Path(plan_server.log.name).read_text()
     labels = [line.split(": ", 1)[1] for line in log.splitlines() if line.startswith("speculation at ")]
-    fixed_args = ["--speculation", "fixed"]
+    weights = ["--packed"] if "weights: packed" in log else []  # every server in the plan's format
+    fixed_args = ["--speculation", "fixed", *weights]
     batch1 = labels[0] if labels else "autoregressive"
     for level in batch1.split(" > ") if batch1 != "autoregressive" else []:
         name, _, block = level.rpartition(":")
         fixed_args += ["--draft", name, "--block-size", block]
     servers = {
         "plan": plan_server,
-        "off": Server(args.port + 1, args.threads, max_batch, "--speculation", "off"),
+        "off": Server(args.port + 1, args.threads, max_batch, "--speculation", "off", *weights),
         "fixed": Server(args.port + 2, args.threads, max_batch, *fixed_args),
     }
     for s in servers.values():
@@ -207,7 +211,9 @@ def main() -> None:
         "plan_over_off_c1": round(med(1, "plan", "throughput") / med(1, "off", "throughput"), 3),
         "plan_vs_best": plan_vs_best,
         "worst_plan_vs_best": min(plan_vs_best.values()),
-        "tokens_per_second": {m: {str(c): round(med(c, m, "throughput"), 2) for c in levels} for m in servers},
+        "tokens_per_second": {
+            m: {str(c): round(med(c, m, "throughput"), 2) for c in levels} for m in servers
+        },
         "plan": labels,
         "failed": failed,
         "mismatched": mismatched,

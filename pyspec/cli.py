@@ -136,6 +136,7 @@ def _serve(args: argparse.Namespace) -> int:
     from pyspec.api import load_model
     from pyspec.drafters.names import parse_draft
     from pyspec.serve import build_app, build_policy, run_server
+    from pyspec.serve.server import auto_plan
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
     if args.draft and args.speculation != "fixed":
@@ -154,9 +155,14 @@ def _serve(args: argparse.Namespace) -> int:
             plan = Plan.from_json(f.read())
     packed = args.packed or args.compute == "q8" or (plan is not None and plan.weights == "packed")
     model = load_model(args.model, packed=packed, compute=args.compute)
+    if args.speculation == "plan" and plan is None:
+        plan = auto_plan(model, args.max_batch)
+        if plan.weights != model.weights_format and plan.weights == "packed":
+            model = load_model(args.model, packed=True)  # the plan's format: the same tokens, faster here
     policy = build_policy(
-        model, args.speculation, plan or "auto", args.draft or ["ngram"], args.block_size, args.max_batch
+        model, args.speculation, plan, args.draft or ["ngram"], args.block_size, args.max_batch
     )
+    print(f"weights: {model.weights_format}", file=sys.stderr)
     for batch in sorted({1, args.max_batch}):
         print(f"speculation at {batch} running: {policy.label(batch)}", file=sys.stderr)
     app = build_app(
@@ -168,8 +174,13 @@ def _serve(args: argparse.Namespace) -> int:
         num_pages=args.kv_pages,
         max_wait_seconds=args.max_wait,
         max_waiting=args.max_waiting,
+        own_thread=False,
     )
-    run_server(app, args.host, args.port, args.drain)
+    try:
+        run_server(app, args.host, args.port, args.drain)
+    except RuntimeError as e:
+        print(f"pyspec: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -52,11 +52,13 @@ def create_app(loop: EngineLoop, model_name: str) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app):
-        loop.start()
+        if loop.own_thread:
+            loop.start()
         yield
         loop.stop()
 
     app = FastAPI(title="pyspec", lifespan=lifespan)
+    app.state.engine_loop = loop
 
     @app.exception_handler(APIError)
     async def _api_error(_request, e: APIError):

@@ -48,7 +48,10 @@ class Handle:
 
 
 class EngineLoop:
-    """Runs ``engine`` on a daemon thread until :meth:`stop`.
+    """Runs ``engine`` until :meth:`stop`: in the calling thread (:meth:`run`, what ``pyspec serve``
+    does: the main thread, the one whose OpenMP threads torch has already started; a second thread
+    computing would make OpenMP throttle its spin-waits and halve the speed on a small machine), or on
+    a daemon thread (:meth:`start`, the app's lifespan does it when ``own_thread``).
 
     Example:
         >>> engine = BatchEngine(model, policy, max_batch=8)  # doctest: +SKIP
@@ -62,24 +65,25 @@ class EngineLoop:
         metrics: ServerMetrics,
         max_wait_seconds: float = 30.0,
         max_waiting: int = 256,
+        own_thread: bool = True,
     ) -> None:
-        self.engine, self.metrics = engine, metrics
+        self.engine, self.metrics, self.own_thread = engine, metrics, own_thread
         self.max_wait_seconds, self.max_waiting = max_wait_seconds, max_waiting
         self._commands: queue.Queue = queue.Queue()
         self._handles: dict[int, Handle] = {}
-        self._thread = threading.Thread(target=self._run, name="pyspec-engine", daemon=True)
+        self._thread = threading.Thread(target=self.run, name="pyspec-engine", daemon=True)
+        self._running = threading.Event()
         self._stopping = threading.Event()
-        self.error: str | None = None  # what stopped the thread, if it died
 
     # Handlers' side ---------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.metrics.observe_queue(self.engine)
+        """Runs the loop on its own daemon thread."""
         self._thread.start()
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive() and not self._stopping.is_set()
+        return self._running.is_set() and not self._stopping.is_set()
 
     def submit(
         self,
@@ -101,16 +105,20 @@ class EngineLoop:
         self._commands.put(("cancel", handle))
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Cancels every request still in the engine (their clients get a 503) and ends the thread."""
+        """Cancels every request still in the engine (their clients get a 503) and ends the loop."""
         self._stopping.set()
         self._commands.put(("wake",))
-        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
 
     # The engine thread --------------------------------------------------------------------------------
 
-    def _run(self) -> None:
+    def run(self, keep_going=lambda: True) -> None:
+        """Steps the engine in this thread until :meth:`stop` (or ``keep_going()`` turns false)."""
         engine = self.engine
-        while not self._stopping.is_set():
+        self.metrics.observe_queue(engine)
+        self._running.set()
+        while not self._stopping.is_set() and keep_going():
             busy = bool(engine.waiting or engine.running)
             self._apply_commands(block=not busy)
             if self._stopping.is_set():
@@ -134,6 +142,7 @@ class EngineLoop:
             engine.pop(rid)
             self._finish_error(rid, APIError(503, "the server is shutting down", code="shutting_down"))
         self.metrics.observe_queue(engine)
+        self._running.clear()
 
     def _apply_commands(self, block: bool) -> None:
         try:

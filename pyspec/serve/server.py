@@ -113,24 +113,52 @@ def build_app(
     num_pages: int | None = None,
     max_wait_seconds: float = 30.0,
     max_waiting: int = 256,
+    own_thread: bool = True,
 ):
-    """The ASGI app serving ``model`` with ``policy`` (the engine thread runs while the app does).
+    """The ASGI app serving ``model`` with ``policy``. ``own_thread``: the engine runs on a thread the
+    app starts and stops (for embedding the app; slower on a small CPU, see
+    :class:`~pyspec.serve.engine_loop.EngineLoop`); else :func:`run_server` runs it in the main thread.
 
     Example:
-        >>> app = build_app(model, build_policy(model, "off"))  # doctest: +SKIP
-        >>> uvicorn.run(app, port=8000)  # doctest: +SKIP
+        >>> app = build_app(model, build_policy(model, "off"), own_thread=False)  # doctest: +SKIP
+        >>> run_server(app, port=8000)  # doctest: +SKIP
     """
     from pyspec.serve.app import create_app
 
     name = model_name or model.name
     engine = BatchEngine(model, policy, max_batch=max_batch, max_length=max_length, num_pages=num_pages)
-    loop = EngineLoop(engine, ServerMetrics(name), max_wait_seconds, max_waiting)
+    loop = EngineLoop(engine, ServerMetrics(name), max_wait_seconds, max_waiting, own_thread)
     return create_app(loop, name)
 
 
 def run_server(app, host: str = "127.0.0.1", port: int = 8000, drain_seconds: float = 10.0) -> None:
-    """Serves ``app`` until interrupted; on shutdown, requests in flight get ``drain_seconds`` to
-    finish, then the rest are cancelled (their clients get a 503)."""
+    """Serves ``app`` until SIGINT or SIGTERM: HTTP (uvicorn) on a thread, the engine in this one
+    (unless the app runs its own). On shutdown, requests in flight get ``drain_seconds`` to finish,
+    then the rest are cancelled (their clients get a 503); a second signal exits at once. Raises
+    RuntimeError when the HTTP server cannot start (the port is taken, say)."""
+    import signal
+    import threading
+
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, timeout_graceful_shutdown=drain_seconds, log_level="info")
+    loop = app.state.engine_loop
+    config = uvicorn.Config(
+        app, host=host, port=port, timeout_graceful_shutdown=drain_seconds, log_level="info"
+    )
+    server = uvicorn.Server(config)
+
+    def on_signal(_signum, _frame) -> None:
+        server.force_exit = server.should_exit
+        server.should_exit = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    web = threading.Thread(target=server.run, name="pyspec-http", daemon=True)
+    web.start()
+    if loop.own_thread:
+        web.join()
+    else:
+        loop.run(keep_going=web.is_alive)  # until the app's shutdown stops it, or uvicorn ends
+        web.join(drain_seconds + 10)
+    if not server.started:
+        raise RuntimeError(f"the HTTP server could not start on {host}:{port} (see its log above)")
