@@ -8,6 +8,7 @@ import pyspec
 from pyspec.api import encode_prompts
 from pyspec.data import humaneval, mtbench
 from pyspec.decoding.autoregressive import generate_autoregressive
+from pyspec.decoding.draft_policy import DraftPolicy
 from pyspec.decoding.engine import PADDING, BatchEngine
 from pyspec.decoding.hierarchy import build_stack
 from pyspec.sampling import SamplingParams
@@ -132,3 +133,44 @@ def test_bad_requests_are_refused(model, prompts):
         BatchEngine(model, None, padding="sometimes")
     with pytest.raises(ValueError, match="when_full"):
         BatchEngine(model, None, when_full="panic")
+
+
+def test_draft_policy_switches_with_load_and_stays_exact(model, prompts, plain):
+    """Speculation while at most 2 run, plain decoding above: greedy outputs unchanged, both choices
+    ran; a seeded sampled request keeps the batch-1 choice, so it equals its single-request output."""
+    ngram = build_stack(model, ["ngram"], [4])
+    policy = DraftPolicy([ngram, ngram, None])
+    engine = BatchEngine(model, policy, max_batch=4, max_length=512)
+    assert [o.tokens for o in serve(engine, prompts)] == plain
+    assert set(engine.choices) == {"ngram(block=4)", "autoregressive"}
+    assert engine.levels[model.name].drafts > 0
+    assert engine.levels[model.name].accepted_tokens <= engine.levels[model.name].draft_tokens
+
+    seeded = SamplingParams(0.9, seed=11)
+    crowded = BatchEngine(model, policy, max_batch=4, max_length=512)
+    sampling = [seeded] + [SamplingParams()] * 4
+    together = serve(crowded, prompts, sampling)[0]
+    alone = BatchEngine(
+        model, DraftPolicy.fixed(build_stack(model, ["ngram"], [4])), max_batch=1, max_length=512
+    )
+    rid = alone.submit(prompts[0], seeded, LIMITS[0])
+    assert alone.run()[rid].tokens == together.tokens
+
+
+def test_cancel_expire_and_pop_free_everything(model, prompts):
+    engine = BatchEngine(model, build_stack(model, ["ngram"], [4]), max_batch=1, max_length=512)
+    streamed = []
+    first = engine.submit(
+        prompts[0], max_new_tokens=40, stream=lambda rid, text: streamed.append((rid, text))
+    )
+    second = engine.submit(prompts[1], max_new_tokens=8)
+    for _ in range(3):
+        engine.step()
+    assert streamed and all(rid == first for rid, _ in streamed)
+    assert engine.expire(0.0) == [second]  # waited (the batch was full) and never ran
+    assert engine.pop(second).finish_reason == "rejected"
+    assert engine.cancel(first) and not engine.cancel(first)
+    out = engine.pop(first)
+    assert out.finish_reason == "cancelled" and 0 < len(out.tokens) < 40
+    assert not engine.done and not engine.running and not engine.waiting
+    assert engine.cache.stats()["used_pages"] == 0
