@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 EXT_SOURCES := $(shell find csrc -name '*.h' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.cu') setup.py pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: setup run test bench bench-step bench-ar bench-spec bench-planner bench-batch bench-suite bench-heavy bench-drafts train-drafts train-qwen-draft train-apar bench-apar qwen llamacpp bench-llamacpp lint test-slow wheel-check cuda-build-check cmake-build clean
+.PHONY: setup run test bench bench-step bench-ar bench-spec bench-planner bench-batch serve bench-serve bench-suite bench-heavy bench-drafts train-drafts train-qwen-draft train-apar bench-apar qwen llamacpp bench-llamacpp lint test-slow wheel-check cuda-build-check cmake-build clean
 
 setup: $(VENV)/.built
 
@@ -70,6 +70,15 @@ bench-planner: setup
 
 bench-batch: setup
 	$(PY) benchmarks/batch.py
+
+# `pyspec serve` on 127.0.0.1:8000 (OpenAI-compatible; docs/serving.md); the first start profiles
+# this machine for its plan (~10 min on 2 cores), later starts read it from the cache.
+serve: setup
+	$(PY) -m pyspec --threads 2 serve --model smollm2-135m-instruct
+
+# The server under load: planned speculation against off and fixed, concurrency 1-16.
+bench-serve: setup
+	$(PY) benchmarks/serve.py
 
 # pyspec against transformers generate() (plain, prompt lookup, assisted) on MT-bench and HumanEval;
 # Qwen2.5-Coder-1.5B too when `make qwen` installed it. Regenerates the README's results section.

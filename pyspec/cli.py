@@ -133,6 +133,12 @@ def _plan(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import logging
 
+    try:
+        import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise ValueError(f"pyspec serve needs {e.name}: pip install 'pyspec[serve]'") from None
     from pyspec.api import load_model
     from pyspec.drafters.names import parse_draft
     from pyspec.serve import build_app, build_policy, run_server

@@ -244,14 +244,20 @@ def test_malformed_bodies_get_400(server):
 
 def test_load_with_cancellations(server, model):
     """64 requests, 8 at a time, prompts of mixed lengths and 4 to 40 new tokens, every 8th a stream the
-    client drops after its first chunk: every completed reply equals its greedy reference, nothing is
-    left running and every KV page comes back; RSS stays flat over a second round."""
+    client drops after its first chunk, every 16th a whole reply the client stops waiting for: every
+    completed reply equals its greedy reference, nothing is left running and every KV page comes
+    back; RSS stays flat over a second round."""
     questions = [p.text for p in held_out(mtbench(), 4)[:8]] + [p.text for p in held_out(humaneval(), 4)[:8]]
     refs = pyspec.generate(model, questions, max_new_tokens=40)  # one ragged batch: row-invariant
     client = server.client(timeout=300)
+    impatient = server.client(timeout=0.5)
 
     def one(i: int) -> bool:
         q, n = i % len(questions), 4 + (i * 7) % 37
+        if i % 16 == 3:
+            with pytest.raises(openai.APITimeoutError):
+                chat(impatient, questions[q], max_tokens=400)
+            return True
         if i % 8 == 7:
             stream = chat(client, questions[q], max_tokens=n, stream=True)
             next(iter(stream))
@@ -273,7 +279,7 @@ def test_load_with_cancellations(server, model):
         assert m["pyspec:kv_cache_pages_used"] == 0
         rss.append(psutil.Process(server.proc.pid).memory_info().rss)
     assert rss[1] < rss[0] * 1.05 + 20e6, rss
-    assert m["pyspec:request_failure_total"] >= 16  # the dropped streams were cancelled
+    assert m["pyspec:request_failure_total"] >= 24  # the dropped streams and replies were cancelled
     assert m["pyspec:spec_decode_num_drafts_total"] > 0 and m["pyspec:spec_decode_choice_steps_total"] > 0
     text = httpx2.get(server.url + "/metrics").text
     assert 'choice="autoregressive"' in text and 'choice="ngram:4"' in text  # the plan switched with load

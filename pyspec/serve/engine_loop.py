@@ -105,7 +105,7 @@ class EngineLoop:
         self._commands.put(("cancel", handle))
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Cancels every request still in the engine (their clients get a 503) and ends the loop."""
+        """Ends the loop; requests still in the engine are cancelled (a handler still waiting gets a 503)."""
         self._stopping.set()
         self._commands.put(("wake",))
         if self._thread.is_alive():

@@ -134,7 +134,8 @@ def build_app(
 def run_server(app, host: str = "127.0.0.1", port: int = 8000, drain_seconds: float = 10.0) -> None:
     """Serves ``app`` until SIGINT or SIGTERM: HTTP (uvicorn) on a thread, the engine in this one
     (unless the app runs its own). On shutdown, requests in flight get ``drain_seconds`` to finish,
-    then the rest are cancelled (their clients get a 503); a second signal exits at once. Raises
+    then the remaining connections are closed and their sequences cancelled; a second signal exits
+    at once. Raises
     RuntimeError when the HTTP server cannot start (the port is taken, say)."""
     import signal
     import threading
