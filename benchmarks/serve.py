@@ -14,7 +14,7 @@ Per concurrency and mode: tokens/s (completion tokens of all requests over the w
 latency p50/p99; each cell runs ``--repeats`` times, modes in turn (reversed every other repeat); the
 table shows the median and the range.
 
-    python benchmarks/serve.py            # concurrency 1, 2, 4, 8, 16; 2c requests (at least 8) x 64 tokens
+    python benchmarks/serve.py            # concurrency 1, 2, 4, 8, 16; 4c requests (at least 16) x 64 tokens
     python benchmarks/serve.py --quick    # concurrency 1 and 8, 8 requests x 32 tokens (a few minutes)
 
 Last line JSON: ``{"plan_over_off_c1", "plan_vs_best": {c: plan / max(off, fixed)},
@@ -127,7 +127,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="concurrency 1 and 8, 8 requests x 32 tokens")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=None, help="runs per cell (default 2; --quick 1)")
+    parser.add_argument("--repeats", type=int, default=None, help="runs per cell (default 3; --quick 1)")
     parser.add_argument("--max-tokens", type=int, default=None)
     parser.add_argument("--port", type=int, default=8311, help="first of three ports")
     parser.add_argument("--levels", type=int, nargs="+", default=None, help="concurrency levels (at most 16)")
@@ -136,7 +136,7 @@ def main() -> None:
     if max(levels) > 16 or min(levels) < 1:
         parser.error("--levels must be between 1 and 16 (the servers' --max-batch)")
     max_tokens = args.max_tokens or (32 if args.quick else 64)
-    repeats = args.repeats or (1 if args.quick else 2)
+    repeats = args.repeats or (1 if args.quick else 3)
     max_batch = 16
 
     plan_server = Server(args.port, args.threads, max_batch, "--plan", "auto")
@@ -163,7 +163,7 @@ def main() -> None:
     mismatched = failed = 0
     try:
         for c in levels:
-            reqs = requests_for(max(8, 2 * c) if not args.quick else 8)
+            reqs = requests_for(8 if args.quick else max(16, 4 * c))
             for repeat in range(repeats):
                 order = list(servers) if repeat % 2 == 0 else list(servers)[::-1]
                 runs = {}
