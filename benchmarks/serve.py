@@ -5,7 +5,8 @@ Three servers of SmolLM2-135M-Instruct (fp32, greedy requests) run side by side 
 started with the real CLI, each with ``--threads`` threads; only one is driven at a time, the others
 idle. ``plan``: this machine's plan (``--plan auto``: profiled once at batch sizes 1, 2, 4, 8, 16 and
 cached), whose choice for the running batch size applies every step; ``off``: plain decoding;
-``fixed``: the plan's batch-1 choice at every load. Clients: the real ``openai`` client, ``c``
+``fixed``: the plan's batch-1 choice at every load (even where ``--min-gain`` leaves it off in
+``plan``). Clients: the real ``openai`` client, ``c``
 threads each sending its requests one after another; prompts are held-out MT-bench questions (chat)
 and HumanEval prompts (completions), alternating. Every reply of ``plan`` and ``fixed`` is checked
 against ``off``'s reply to the same request (greedy: identical text).
@@ -144,9 +145,14 @@ def main() -> None:
     plan_server.wait()  # alone: profiling must not share the CPU
     log = Path(plan_server.log.name).read_text()
     labels = [line.split(": ", 1)[1] for line in log.splitlines() if line.startswith("speculation at ")]
+    planned = [
+        line.split(": ", 1)[1].split(" (")[0] for line in log.splitlines() if line.startswith("plan at ")
+    ]
     weights = ["--packed"] if "weights: packed" in log else []  # every server in the plan's format
     fixed_args = ["--speculation", "fixed", *weights]
-    batch1 = labels[0] if labels else "autoregressive"
+    batch1 = (
+        planned[0] if planned and planned[0] != "autoregressive" else "ngram:4"
+    )  # the plan's batch-1 drafts
     for level in batch1.split(" > ") if batch1 != "autoregressive" else []:
         name, _, block = level.rpartition(":")
         fixed_args += ["--draft", name, "--block-size", block]

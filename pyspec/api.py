@@ -148,19 +148,27 @@ def drafter_from_plan(model: LlamaModel, plan: Plan, batch_size: int) -> Drafter
     return None if drafts is None else build_stack(model, drafts, block_sizes, tree)
 
 
-def policy_from_plan(model: LlamaModel, plan: Plan, max_batch: int) -> DraftPolicy:
+def policy_from_plan(model: LlamaModel, plan: Plan, max_batch: int, min_gain: float = 0.0) -> DraftPolicy:
     """A :class:`~pyspec.decoding.draft_policy.DraftPolicy` for the batch engine: for every batch
     size up to ``max_batch``, the drafter ``plan`` chose for it (one drafter per distinct choice).
+    ``min_gain``: plain decoding where the plan predicts speculation to save less than this fraction
+    of plain decoding's time per token (a predicted tie is within the predictions' error).
 
     Example:
-        >>> engine = BatchEngine(model, policy_from_plan(model, plan, 8), max_batch=8)  # doctest: +SKIP
+        >>> engine = BatchEngine(model, policy_from_plan(model, plan, 8, 0.05), max_batch=8)  # doctest: +SKIP
     """
+    if not 0 <= min_gain < 1:
+        raise ValueError(f"min_gain must be in [0, 1), got {min_gain}")
     built: dict[str, Drafter | None] = {}
     choices, labels = [], []
     with warnings.catch_warnings():  # warn once, not once per batch size
         for batch in range(1, max_batch + 1):
-            label = plan.for_batch(batch).label
-            if label not in built:
+            choice = plan.for_batch(batch)
+            pays = choice.seconds_per_token <= (1 - min_gain) * choice.no_speculation_seconds
+            label = choice.label if pays else "autoregressive"
+            if label == "autoregressive":
+                built[label] = None
+            elif label not in built:
                 built[label] = drafter_from_plan(model, plan, batch)
                 warnings.simplefilter("ignore")
             choices.append(built[label])

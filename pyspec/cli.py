@@ -142,7 +142,7 @@ def _serve(args: argparse.Namespace) -> int:
     from pyspec.api import load_model
     from pyspec.drafters.names import parse_draft
     from pyspec.serve import build_app, build_policy, run_server
-    from pyspec.serve.server import auto_plan
+    from pyspec.serve.server import auto_plan, plan_batch_sizes
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
     if args.draft and args.speculation != "fixed":
@@ -166,10 +166,14 @@ def _serve(args: argparse.Namespace) -> int:
         if plan.weights != model.weights_format and plan.weights == "packed":
             model = load_model(args.model, packed=True)  # the plan's format: the same tokens, faster here
     policy = build_policy(
-        model, args.speculation, plan, args.draft or ["ngram"], args.block_size, args.max_batch
+        model, args.speculation, plan, args.draft or ["ngram"], args.block_size, args.max_batch, args.min_gain
     )
+    if plan is not None:
+        for batch, choice in sorted(plan.choices.items(), key=lambda c: int(c[0])):
+            gain = 1 - choice.seconds_per_token / choice.no_speculation_seconds
+            print(f"plan at {batch} running: {choice.label} (predicted {gain:.1%} faster)", file=sys.stderr)
     print(f"weights: {model.weights_format}", file=sys.stderr)
-    for batch in sorted({1, args.max_batch}):
+    for batch in plan_batch_sizes(args.max_batch):
         print(f"speculation at {batch} running: {policy.label(batch)}", file=sys.stderr)
     app = build_app(
         model,
@@ -298,6 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--draft", action="append", default=[], help="--speculation fixed: a draft level (repeatable)"
     )
     sv.add_argument("--block-size", type=int, action="append", default=[], help="tokens per draft level")
+    sv.add_argument(
+        "--min-gain",
+        type=float,
+        default=0.05,
+        help="speculate only where the plan predicts at least this fraction less time per token (0.05)",
+    )
     sv.add_argument("--max-batch", type=int, default=8, help="sequences decoded together at most")
     sv.add_argument("--max-length", type=int, default=2048, help="prompt plus reply tokens at most")
     sv.add_argument(

@@ -174,3 +174,18 @@ def test_cancel_expire_and_pop_free_everything(model, prompts):
     assert out.finish_reason == "cancelled" and 0 < len(out.tokens) < 40
     assert not engine.done and not engine.running and not engine.waiting
     assert engine.cache.stats()["used_pages"] == 0
+
+
+def test_policy_from_plan_leaves_predicted_ties_plain(model):
+    from planner.plan import Choice, Plan
+    from pyspec.api import policy_from_plan
+    from pyspec.profile import hardware
+
+    choices = {"1": Choice((("ngram", 4),), 0.02, 0.03), "4": Choice((("ngram", 1),), 0.0299, 0.03)}
+    plan = Plan(model.name, hardware(), "float32", choices, model.weights_format)
+    assert policy_from_plan(model, plan, 4).labels == ["ngram:4", "ngram:4", "ngram:1", "ngram:1"]
+    cautious = policy_from_plan(model, plan, 4, min_gain=0.05)
+    assert cautious.labels == ["ngram:4", "ngram:4", "autoregressive", "autoregressive"]
+    assert cautious.for_batch(4) is None and cautious.for_batch(1) is cautious.for_batch(2)
+    with pytest.raises(ValueError, match="min_gain"):
+        policy_from_plan(model, plan, 4, min_gain=1.5)
