@@ -48,13 +48,26 @@ def plan_batch_sizes(max_batch: int) -> list[int]:
 
 def auto_plan(model: LlamaModel, max_batch: int, drafts: Sequence[str] = ("ngram",)) -> Plan:
     """This machine's plan for ``model`` up to ``max_batch`` sequences: read from the cache, or
-    profiled and planned now (progress bars on stderr) and cached."""
+    profiled and planned now (progress bars on stderr) and cached. The cache key holds the model, its
+    weights format, the hardware, the candidates, the batch sizes, pyspec's version and the compiled
+    extension's size and time: a rebuilt extension (kernels that may cost differently) profiles again.
+
+    Example:
+        >>> auto_plan(pyspec.load_model("smollm2-135m-instruct"), max_batch=8).choices  # doctest: +SKIP
+    """
+    import pyspec
+    from pyspec import _C
     from pyspec.api import plan as make_plan
     from pyspec.models.loading import cache_root
     from pyspec.profile import hardware
 
     sizes = plan_batch_sizes(max_batch)
-    key = json.dumps([model.name, model.weights_format, hardware(), list(drafts), sizes], sort_keys=True)
+    built = Path(_C.__file__).stat()
+    key = json.dumps(
+        [model.name, model.weights_format, hardware(), list(drafts), sizes, pyspec.__version__]
+        + [built.st_size, built.st_mtime_ns],
+        sort_keys=True,
+    )
     path = Path(cache_root()) / "plans" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
     if path.exists():
         log.info("plan from %s", path)
