@@ -15,6 +15,8 @@ import torch
 
 from pyspec import ops
 
+PAGE_SIZE = 16  # KV slots per page: the one page size every decoding loop and draft cache uses
+
 
 class OutOfPagesError(RuntimeError):
     """The cache has too few free pages for a request; no sequence was changed."""
