@@ -31,9 +31,8 @@ import torch
 
 from planner.plan import make_plan
 from pyspec.api import load_model, profile_model
-from pyspec.bench import bench
+from pyspec.bench import bench, markdown, write_report
 from pyspec.drafters.trained import weights_path
-from pyspec.report import markdown, write_report
 
 TARGET = "qwen2.5-coder-1.5b-instruct"
 ASSISTANT = "smollm2-135m-instruct"

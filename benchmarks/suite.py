@@ -34,9 +34,8 @@ import _path  # noqa: F401  (first: keeps benchmarks/planner.py from shadowing t
 import torch
 
 from pyspec.api import load_model, profile_model
-from pyspec.bench import bench
+from pyspec.bench import bench, markdown, write_report
 from pyspec.models.loading import ModelNotFoundError
-from pyspec.report import markdown, write_report
 
 
 def main() -> None:

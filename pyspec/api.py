@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Sequence
-
-import torch
 
 from planner.plan import Plan, make_plan
 from pyspec.decoding.autoregressive import generate_autoregressive
@@ -16,66 +13,11 @@ from pyspec.decoding.output import GenerationOutput, StreamCallback
 from pyspec.decoding.speculative import generate_speculative
 from pyspec.drafters.base import Drafter
 from pyspec.drafters.model import TreeShape
+from pyspec.hardware import hardware
 from pyspec.models.llama import LlamaModel
-from pyspec.models.loading import gguf_file, load_config, load_tokenizer, load_weights, prepare_gguf, resolve
-from pyspec.models.packed import read_packed_gguf
+from pyspec.models.loading import load_model  # noqa: F401  (re-exported: pyspec.api.load_model)
 from pyspec.prompts import check_text, encode_prompts
 from pyspec.sampling import SamplingParams
-
-
-def load_model(
-    name_or_path: str | os.PathLike,
-    dtype: torch.dtype = torch.float32,
-    progress: bool = True,
-    packed: bool = False,
-    compute: str = "exact",
-) -> LlamaModel:
-    """Loads a model and its tokenizer (``model.tokenizer``, with its chat template).
-
-    ``name_or_path``: a registry name (``smollm2-135m-instruct``, ``qwen2.5-coder-1.5b-instruct``), a
-    GGUF file (converted once and cached, see :mod:`pyspec.models.loading`) or a Hugging Face folder
-    with safetensors. Weights are the checkpoint's, dequantised; fp32 by default.
-
-    ``packed=True`` (GGUF only): the quantised tensors stay in their GGUF blocks
-    (:mod:`pyspec.models.packed`), a sixth to an eighth of the fp32 memory; the projections, head and
-    embeddings compute exactly as over the dequantised fp32 weights, so every token and logit is the
-    same bits as with ``packed=False``. Packed models run in float32 on the CPU.
-    ``compute="q8"`` (with ``packed=True``): llama.cpp-style int8 activations and integer dot products
-    (:func:`pyspec.ops.linear_q8`), faster; still row invariant, so speculation stays lossless against
-    this model's own AR decoding, but its tokens are not the fp32 model's (a different target).
-
-    Example:
-        >>> model = load_model("smollm2-135m-instruct")  # doctest: +SKIP
-        >>> chat = [{"role": "user", "content": "Hi"}]
-        >>> model.tokenizer.apply_chat_template(chat, tokenize=False)  # doctest: +SKIP
-        >>> load_model("smollm2-135m-instruct", packed=True).packed  # doctest: +SKIP
-        True
-    """
-    if compute != "exact" and not packed:
-        raise ValueError(f"compute={compute!r} needs packed=True (it runs on the packed GGUF blocks)")
-    if packed:
-        if dtype != torch.float32:
-            raise ValueError(
-                f"packed weights compute in float32 (exactly as the dequantised fp32 model), not {dtype}"
-            )
-        path = gguf_file(name_or_path)
-        folder = prepare_gguf(path, progress, weights=False)  # config and tokenizer
-        config = load_config(folder)
-        _, state = read_packed_gguf(path, progress=progress, compute=compute)
-    else:
-        folder = resolve(name_or_path, progress=progress)
-        config = load_config(folder)
-        state = load_weights(folder)
-    with torch.device("meta"):  # no memory until the checkpoint's tensors are assigned
-        model = LlamaModel(config)
-    model.load_hf_state_dict(state)
-    model.to(dtype)
-    model.inv_freq = model.inv_freq.float()
-    model.tokenizer = load_tokenizer(folder)
-    model.name = str(name_or_path) + ("@q8" if compute == "q8" else "")  # exact packed: the same target
-    model.source = str(name_or_path)
-    model.folder = folder
-    return model.eval()
 
 
 def generate(
@@ -178,7 +120,7 @@ def policy_from_plan(model: LlamaModel, plan: Plan, max_batch: int, min_gain: fl
 
 def _from_plan(model: LlamaModel, plan: Plan, batch_size: int) -> tuple:
     """The drafts, block sizes and tree ``plan`` chose for this batch size (None: plain decoding)."""
-    from pyspec.profile import hardware, resolve_candidate
+    from pyspec.profile import resolve_candidate
 
     differs = plan.hardware_mismatch(hardware())
     if differs:

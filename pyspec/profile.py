@@ -4,14 +4,12 @@ and the target on calibration prompts (gain tables per block size, n-gram propos
 positional acceptance for trees).
 
 The result is the profile dict :func:`planner.plan.make_plan` reads (JSON-serialisable), with a
-hardware fingerprint so that a plan made elsewhere is noticed.
+hardware fingerprint (:func:`pyspec.hardware.hardware`) so that a plan made elsewhere is noticed.
 """
 
 from __future__ import annotations
 
 import functools
-import os
-import platform
 import statistics
 import time
 from collections.abc import Sequence
@@ -25,36 +23,16 @@ from planner.hierarchy import gain_table
 from pyspec.batch import StepBatch
 from pyspec.decoding.autoregressive import GREEDY, generate_autoregressive
 from pyspec.decoding.engine import BatchEngine
+from pyspec.decoding.hierarchy import same_vocabulary
 from pyspec.drafters.base import Draft, Drafter
 from pyspec.drafters.names import resolve_draft
 from pyspec.drafters.ngram import lookup
+from pyspec.hardware import hardware
 from pyspec.models.llama import LlamaModel
+from pyspec.models.loading import ModelNotFoundError, gguf_file, load_model
 from pyspec.sampling import SamplingParams, probabilities
 
 DEFAULT_SIZES = (1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32)
-
-
-def hardware() -> dict:
-    """What a plan depends on: CPU model, core count, torch threads, GPU (if any), torch version.
-
-    Example:
-        >>> sorted(hardware())
-        ['cpu', 'cpu_count', 'gpu', 'machine', 'threads', 'torch']
-    """
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "machine": platform.machine(),
-        "threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "torch": torch.__version__.split("+")[0],
-    }
 
 
 def resolve_candidate(target: LlamaModel, name: str) -> LlamaModel | str:
@@ -77,8 +55,6 @@ def resolve_candidate(target: LlamaModel, name: str) -> LlamaModel | str:
 def _loaded_once(
     name_or_path: str, dtype: torch.dtype = torch.float32, packed: bool = False, compute: str = "exact"
 ) -> LlamaModel:
-    from pyspec.api import load_model
-
     return load_model(name_or_path, dtype=dtype, progress=False, packed=packed, compute=compute)
 
 
@@ -307,8 +283,6 @@ def acceptance(
       was accepted along top candidates (greedy: ranks by logits; sampling: acceptance probability
       of deterministic candidates, p(x)), averaged over all start positions.
     """
-    from pyspec.decoding.hierarchy import same_vocabulary
-
     models = [resolve_candidate(target, c) for c in candidates] + [target]
     outputs = generate_autoregressive(target, prompts, new_tokens, [params] * len(prompts))
     m = len(models)
@@ -442,8 +416,6 @@ def target_formats(
     {batch size: curve}}}``: ``"float32"`` (dequantised) and ``"packed"`` (GGUF blocks, bitwise the
     same logits) for a GGUF target; ``measured`` holds its own format's curves already. Empty when the
     target has one format only (a Hugging Face folder, bfloat16, or q8 compute: another target)."""
-    from pyspec.models.loading import ModelNotFoundError, gguf_file
-
     own, source = target.weights_format, getattr(target, "source", None)
     if own not in ("float32", "packed") or source is None:
         return {}
@@ -463,8 +435,6 @@ def target_formats(
 
 @functools.cache
 def _other_format(source: str, own: str) -> LlamaModel:
-    from pyspec.api import load_model
-
     return load_model(source, packed=own == "float32", progress=False)
 
 

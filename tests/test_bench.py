@@ -8,11 +8,11 @@ import torch
 from conftest import assert_same_greedy_choice
 
 import pyspec
-from pyspec import bench as suite
+from pyspec.bench import suite
+from pyspec.bench.estimate import estimate, estimate_markdown
+from pyspec.bench.report import update_readme, write_report
 from pyspec.cli import main
-from pyspec.estimate import estimate, estimate_markdown
-from pyspec.profile import hardware
-from pyspec.report import update_readme, write_report
+from pyspec.hardware import hardware
 
 MODES = ["ar", "ngram", "plan", "hidden-transfer", "hf", "hf-pld", "hf-assisted"]
 

@@ -179,7 +179,7 @@ def test_cancel_expire_and_pop_free_everything(model, prompts):
 def test_policy_from_plan_leaves_predicted_ties_plain(model):
     from planner.plan import Choice, Plan
     from pyspec.api import policy_from_plan
-    from pyspec.profile import hardware
+    from pyspec.hardware import hardware
 
     choices = {"1": Choice((("ngram", 4),), 0.02, 0.03), "4": Choice((("ngram", 1),), 0.0299, 0.03)}
     plan = Plan(model.name, hardware(), "float32", choices, model.weights_format)

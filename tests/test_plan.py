@@ -15,6 +15,7 @@ from pyspec.decoding.autoregressive import generate_autoregressive
 from pyspec.decoding.hierarchy import build_stack
 from pyspec.decoding.speculative import generate_speculative
 from pyspec.drafters.model import TreeShape
+from pyspec.hardware import hardware
 from pyspec.profile import (
     RUN_HORIZON,
     _cross_mass,
@@ -23,7 +24,6 @@ from pyspec.profile import (
     _shifted,
     _View,
     acceptance,
-    hardware,
     profile,
 )
 

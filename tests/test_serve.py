@@ -26,7 +26,7 @@ import pytest
 import pyspec
 from planner.plan import Choice, Plan
 from pyspec.data import held_out, humaneval, mtbench
-from pyspec.profile import hardware
+from pyspec.hardware import hardware
 
 MODEL = "smollm2-135m-instruct"
 

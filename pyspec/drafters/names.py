@@ -29,7 +29,7 @@ import torch
 
 from pyspec.drafters.trained import HEADS, load_draft_model
 from pyspec.models.llama import LlamaModel
-from pyspec.models.loading import ModelNotFoundError
+from pyspec.models.loading import ModelNotFoundError, load_model
 
 # A model draft's suffix -> pyspec.load_model's keyword arguments.
 PRECISIONS: dict[str, dict] = {
@@ -93,11 +93,9 @@ def resolve_draft(
             raise ValueError(f"bad draft {name!r}: {e}") from None
     if kind == "trained":
         return load_draft_model(target, name)
-    if load is None:
-        from pyspec.api import load_model as load
     path, precision = rest
     try:
-        draft = load(path, **PRECISIONS.get(precision, {}))
+        draft = (load or load_model)(path, **PRECISIONS.get(precision, {}))
     except ModelNotFoundError as e:
         raise ValueError(f"unknown draft {name!r}: use {ACCEPTED} ({e})") from None
     if precision:

@@ -24,6 +24,7 @@ from pathlib import Path
 from planner.plan import Plan
 from pyspec.decoding.draft_policy import DraftPolicy
 from pyspec.decoding.engine import BatchEngine
+from pyspec.hardware import hardware
 from pyspec.models.llama import LlamaModel
 from pyspec.serve.engine_loop import EngineLoop
 from pyspec.serve.metrics import ServerMetrics
@@ -59,7 +60,6 @@ def auto_plan(model: LlamaModel, max_batch: int, drafts: Sequence[str] = ("ngram
     from pyspec import _C
     from pyspec.api import plan as make_plan
     from pyspec.models.loading import cache_root
-    from pyspec.profile import hardware
 
     sizes = plan_batch_sizes(max_batch)
     built = Path(_C.__file__).stat()

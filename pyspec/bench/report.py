@@ -1,4 +1,4 @@
-"""The benchmark suite's report (:mod:`pyspec.bench`): markdown tables, matplotlib plots, the JSON file
+"""The benchmark suite's report (:mod:`pyspec.bench.suite`): markdown tables, matplotlib plots, the JSON file
 and the README's generated results section."""
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ and the whole set ``repeats`` times. Results: tokens/s (new tokens over wall tim
 JSON, a markdown table and plots (:func:`write_report`).
 
 Example:
-    >>> from pyspec.bench import pick
+    >>> from pyspec.bench.suite import pick
     >>> pick(list(range(80)), 4)
     [0, 20, 40, 60]
 """
@@ -53,16 +53,16 @@ import torch
 from tqdm import tqdm
 
 from pyspec.api import drafter_from_plan, encode_prompts, load_model, profile_model
+from pyspec.bench.estimate import estimate, estimate_markdown
+from pyspec.bench.report import markdown, write_report
 from pyspec.data import HELD_OUT_EVERY, calibration, held_out, humaneval, mtbench
 from pyspec.decoding.autoregressive import generate_autoregressive
 from pyspec.decoding.hierarchy import build_stack
 from pyspec.decoding.speculative import generate_speculative
 from pyspec.drafters.names import parse_draft, resolve_draft
 from pyspec.drafters.trained import HEADS, trained_drafts
-from pyspec.estimate import estimate, estimate_markdown
 from pyspec.models.export import to_transformers
 from pyspec.models.llama import LlamaModel
-from pyspec.report import markdown, write_report
 
 PYSPEC_MODES = ("ar", "ngram", "plan", "hidden-transfer")
 HF_MODES = ("hf", "hf-pld", "hf-assisted")

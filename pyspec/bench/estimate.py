@@ -4,7 +4,7 @@ acceptance measured elsewhere with the real weights. ``pyspec bench --random-wei
 every figure is labelled as an estimate.
 
 Example:
-    >>> from pyspec.estimate import estimate_markdown
+    >>> from pyspec.bench.estimate import estimate_markdown
     >>> rows = [{"batch": 1, "mode": "ar", "tokens_per_second": 10.0, "speedup_vs_ar": 1.0}]
     >>> sources = {"latency_source": "random weights", "acceptance_source": "real weights"}
     >>> est = {"date": "2026-11-24", "model": "m", "rows": rows, **sources}
@@ -40,8 +40,9 @@ def estimate(
         >>> print(estimate_markdown(est))  # doctest: +SKIP
     """
     from planner.plan import make_plan, predict
+    from pyspec.hardware import hardware
     from pyspec.models.shapes import random_model
-    from pyspec.profile import DEFAULT_SIZES, hardware, latency
+    from pyspec.profile import DEFAULT_SIZES, latency
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     target = random_model(acceptance_profile["target"], device)
