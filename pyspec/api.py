@@ -129,8 +129,8 @@ def _from_plan(model: LlamaModel, plan: Plan, batch_size: int) -> tuple:
             "the fastest here; run `pyspec plan` on this machine",
             stacklevel=3,
         )
-    if plan.target != getattr(model, "name", None):
-        raise ValueError(f"the plan is for target {plan.target!r}, not {getattr(model, 'name', None)!r}")
+    if plan.target != model.name:
+        raise ValueError(f"the plan is for target {plan.target!r}, not {model.name!r}")
     if plan.weights != model.weights_format:
         warnings.warn(
             f"this plan was costed on the target's {plan.weights} weights, the model has "

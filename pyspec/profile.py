@@ -381,7 +381,7 @@ def profile(
     formats = target_formats(target, batch_sizes, sizes, contexts, repeats, by_context)
     weights = min(formats, key=lambda f: _total_seconds(formats[f])) if formats else target.weights_format
     if formats:  # plans are costed with the fastest exact format's steps (the tokens are the same)
-        name = getattr(target, "name", "target")
+        name = target.name
         for ctx, per_batch in formats[weights].items():
             for b, curve in per_batch.items():
                 by_context[ctx][b][name] = curve
@@ -390,7 +390,7 @@ def profile(
         "dtype": str(target.embed_tokens.dtype).removeprefix("torch."),
         "weights": weights,
         "target_formats": formats,
-        "target": getattr(target, "name", "target"),
+        "target": target.name,
         "candidates": list(candidates),
         "context": contexts[0],
         "latency": by_context[str(contexts[0])],
@@ -416,14 +416,14 @@ def target_formats(
     {batch size: curve}}}``: ``"float32"`` (dequantised) and ``"packed"`` (GGUF blocks, bitwise the
     same logits) for a GGUF target; ``measured`` holds its own format's curves already. Empty when the
     target has one format only (a Hugging Face folder, bfloat16, or q8 compute: another target)."""
-    own, source = target.weights_format, getattr(target, "source", None)
+    own, source = target.weights_format, target.source
     if own not in ("float32", "packed") or source is None:
         return {}
     try:
         gguf_file(source)
     except ModelNotFoundError:
         return {}
-    name = getattr(target, "name", "target")
+    name = target.name
     other = _other_format(source, own)
     formats = {own: {ctx: {b: per_batch[name] for b, per_batch in measured[ctx].items()} for ctx in measured}}
     formats["packed" if own == "float32" else "float32"] = {
@@ -449,7 +449,7 @@ def latency(
     """Cost curves ``{context: {batch size: {model: {"sizes", "seconds"}}}}``: whole verification
     steps of the target, forward passes of each draft model, the n-gram's lookup; weights' values
     do not matter (random weights time the real shapes)."""
-    name = getattr(target, "name", "target")
+    name = target.name
     by_context: dict = {str(ctx): {} for ctx in contexts}
     jobs = [(b, c, ctx) for b in batch_sizes for c in list(candidates) + [name] for ctx in contexts]
     for b, c, ctx in tqdm(jobs, desc="latency"):

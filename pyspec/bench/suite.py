@@ -509,7 +509,7 @@ def bench(
     runner.pld_tokens = tuning.get("hf-pld", {}).get("chosen", runner.pld_tokens)
     runner.assistant_tokens = tuning.get("hf-assisted", {}).get("chosen", runner.assistant_tokens)
     settings = {
-        "model": getattr(target, "name", str(model)),
+        "model": target.name,
         "datasets": list(datasets),
         "modes": names,
         "limit": limit,

@@ -123,7 +123,7 @@ class ModelDrafter(Drafter):
             raise ValueError(f"block_size must be >= 1, got {block_size}")
         if tree_sampling not in ("topk", "sample"):
             raise ValueError(f"tree_sampling must be 'topk' or 'sample', got {tree_sampling!r}")
-        label = name or getattr(model, "name", "model")
+        label = name or model.name
         super().__init__(
             f"{label}({'tree' if tree else 'block'}={len(tree.parents) if tree else block_size})"
         )

@@ -25,19 +25,19 @@ HEADS = ("medusa", "hidden-transfer")
 
 def weights_path(target: LlamaModel, name: str) -> Path:
     """Where the trained draft ``name`` of ``target`` lives (it may not exist)."""
-    return WEIGHTS_DIR / getattr(target, "name", "model") / f"{name}.safetensors"
+    return WEIGHTS_DIR / target.name / f"{name}.safetensors"
 
 
 def trained_drafts(target: LlamaModel) -> list[str]:
     """Names of the drafts trained for ``target``."""
-    folder = WEIGHTS_DIR / getattr(target, "name", "model")
+    folder = WEIGHTS_DIR / target.name
     return sorted(p.stem for p in folder.glob("*.safetensors")) if folder.is_dir() else []
 
 
 def _missing(target: LlamaModel, name: str) -> FileNotFoundError:
     have = trained_drafts(target)
     return FileNotFoundError(
-        f"no trained draft {name!r} for {getattr(target, 'name', 'this model')}: "
+        f"no trained draft {name!r} for {target.name}: "
         f"{'available: ' + ', '.join(have) if have else 'none is shipped'} "
         "(train one with python -m pyspec.training)"
     )

@@ -67,13 +67,12 @@ def load_apar_model(
     except RuntimeError as err:  # shapes that do not fit this target
         raise ValueError(f"the adapter at {path} does not fit {name}: {err}") from err
     config = replace(load_config(folder), vocab_size=len(tokenizer))
+    control_tokens = tuple(tokenizer.convert_tokens_to_ids([FORK, CHILD]))
     with torch.device("meta"):
-        model = LlamaModel(config)
+        model = LlamaModel(
+            config, name=f"{name}+apar", tokenizer=tokenizer, folder=folder, control_tokens=control_tokens
+        )
     model.load_hf_state_dict({k: v.detach().float() for k, v in merged.state_dict().items()})
     model.to(dtype)
     model.inv_freq = model.inv_freq.float()
-    model.tokenizer = tokenizer
-    model.name = f"{name}+apar"
-    model.folder = folder
-    model.control_tokens = tuple(tokenizer.convert_tokens_to_ids([FORK, CHILD]))
     return model.eval()

@@ -67,5 +67,5 @@ def load_draft_lm(target: LlamaModel, path: str | Path) -> LlamaModel:
     draft.requires_grad_(False)
     draft.norm = nn.Parameter(state["norm"], requires_grad=False)
     draft.set_shortlist(state["shortlist"])
-    draft.name = f"{getattr(target, 'name', 'model')}-draft-{meta['num_layers']}l"
+    draft.name = f"{target.name}-draft-{meta['num_layers']}l"
     return draft.eval()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -149,6 +150,21 @@ class DecoderLayer(nn.Module):
 class LlamaModel(nn.Module):
     """A Llama-family causal LM whose forward takes a :class:`StepBatch` and a :class:`PagedKVCache`.
 
+    Besides its weights, a model says what it is (:func:`pyspec.models.loading.load_model` sets these):
+
+    - ``name``: how plans, profiles, stats and trained drafts (``pyspec/weights/<name>/``) know it: the
+      registry name or path it was loaded from (``"@q8"`` appended for q8 compute, another target),
+      ``"<target>[:N]"`` for an early exit; ``"model"`` when built by hand;
+    - ``tokenizer``: its transformers tokenizer with the chat template (None: ids only);
+    - ``folder``: the Hugging Face-style folder its config, tokenizer and (unpacked) weights came from;
+    - ``source``: the name or path it was loaded from (a packed model's GGUF is found through it);
+    - ``control_tokens``: APAR's ``(fork_id, child_id)`` (:func:`pyspec.models.adapters.load_apar_model`),
+      else None;
+    - ``random_weights``: True for a registry architecture with random weights, for timing only
+      (:func:`pyspec.models.shapes.random_model`);
+    - its numerics: :attr:`weights_format` (fp32, bf16, GGUF blocks kept packed, or q8 compute), read
+      from the weights themselves.
+
     Example (random weights, for shapes only):
         >>> cfg = ModelConfig(vocab_size=32, hidden_size=16, num_layers=2, num_heads=4, num_kv_heads=2,
         ...                   intermediate_size=32)
@@ -160,9 +176,25 @@ class LlamaModel(nn.Module):
         torch.Size([1, 32])
     """
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        *,
+        name: str = "model",
+        tokenizer=None,
+        folder: Path | None = None,
+        source: str | None = None,
+        control_tokens: tuple[int, int] | None = None,
+        random_weights: bool = False,
+    ) -> None:
         super().__init__()
         self.config = config
+        self.name = name
+        self.tokenizer = tokenizer
+        self.folder = folder
+        self.source = source
+        self.control_tokens = control_tokens
+        self.random_weights = random_weights
         self.embed_tokens = nn.Parameter(
             torch.zeros(config.vocab_size, config.hidden_size), requires_grad=False
         )
@@ -235,14 +267,16 @@ class LlamaModel(nn.Module):
         if not 1 <= num_layers <= self.config.num_layers:
             raise ValueError(f"num_layers must be in [1, {self.config.num_layers}], got {num_layers}")
         with torch.device("meta"):
-            draft = LlamaModel(replace(self.config, num_layers=0))
+            draft = LlamaModel(
+                replace(self.config, num_layers=0),
+                name=f"{self.name}[:{num_layers}]",
+                tokenizer=self.tokenizer,
+            )
         draft.config = replace(self.config, num_layers=num_layers)
         for name in ("embed_tokens", "norm", "lm_head"):
             _set_weight(draft, name, getattr(self, name))
         draft.layers = nn.ModuleList(self.layers[:num_layers])
         draft.inv_freq = self.inv_freq
-        draft.tokenizer = getattr(self, "tokenizer", None)
-        draft.name = f"{getattr(self, 'name', 'model')}[:{num_layers}]"
         return draft.eval()
 
     def new_cache(self, num_pages: int, page_size: int = 16) -> PagedKVCache:

@@ -290,13 +290,11 @@ def load_model(
         folder = resolve(name_or_path, progress=progress)
         config = load_config(folder)
         state = load_weights(folder)
+    tokenizer = load_tokenizer(folder)
+    name = str(name_or_path) + ("@q8" if compute == "q8" else "")  # exact packed: the same target
     with torch.device("meta"):  # no memory until the checkpoint's tensors are assigned
-        model = LlamaModel(config)
+        model = LlamaModel(config, name=name, tokenizer=tokenizer, folder=folder, source=str(name_or_path))
     model.load_hf_state_dict(state)
     model.to(dtype)
     model.inv_freq = model.inv_freq.float()
-    model.tokenizer = load_tokenizer(folder)
-    model.name = str(name_or_path) + ("@q8" if compute == "q8" else "")  # exact packed: the same target
-    model.source = str(name_or_path)
-    model.folder = folder
     return model.eval()

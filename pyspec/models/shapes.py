@@ -58,7 +58,7 @@ def random_model(
         raise ValueError(f"no stored shape for {name!r}; known: {sorted(SHAPES)}")
     torch.manual_seed(seed)
     with torch.device(device):
-        model = LlamaModel(SHAPES[name]).to(dtype)
+        model = LlamaModel(SHAPES[name], name=name, random_weights=True).to(dtype)
     with torch.no_grad():
         for pname, p in model.named_parameters():
             if "norm" in pname:
@@ -66,7 +66,4 @@ def random_model(
             else:
                 p.normal_(0.0, 0.02)
     model.inv_freq = model.inv_freq.float()
-    model.tokenizer = None
-    model.name = name
-    model.random_weights = True
     return model.eval()
