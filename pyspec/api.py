@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Sequence
 
 from planner.plan import Plan, make_plan
 from pyspec.decoding.autoregressive import generate_autoregressive
 from pyspec.decoding.draft_policy import DraftPolicy
-from pyspec.decoding.hierarchy import build_stack
 from pyspec.decoding.output import GenerationOutput, StreamCallback
 from pyspec.decoding.speculative import generate_speculative
 from pyspec.drafters.base import Drafter
 from pyspec.drafters.model import TreeShape
-from pyspec.hardware import hardware
 from pyspec.models.llama import LlamaModel
 from pyspec.models.loading import load_model  # noqa: F401  (re-exported: pyspec.api.load_model)
 from pyspec.prompts import check_text, encode_prompts
 from pyspec.sampling import SamplingParams
+from pyspec.spec import SpecConfig, planner_candidates
 
 
 def generate(
@@ -36,11 +36,14 @@ def generate(
     tree: TreeShape | Sequence[int] | None = None,
     tree_sampling: str = "topk",
     plan: Plan | None = None,
+    sampling: SamplingParams | None = None,
 ) -> list[GenerationOutput]:
     """Generates a reply to each prompt; all prompts decode together in one ragged batch.
 
     Greedy by default (``temperature=0``); with sampling, ``seed`` makes each prompt's output
-    reproducible (prompt i uses ``seed + i``). ``stop``: strings that end a reply. ``stream(i, text)``
+    reproducible (prompt i uses ``seed + i``). ``sampling``: the same settings as one
+    :class:`SamplingParams` instead of ``temperature``, ``top_k``, ``top_p`` and ``seed`` (giving
+    both with different values is a ValueError). ``stop``: strings that end a reply. ``stream(i, text)``
     receives new text of prompt i as it is produced. Each output has ``.text``, ``.tokens``,
     ``.finish_reason`` and ``.stats``.
 
@@ -48,35 +51,66 @@ def generate(
     ``drafts`` is given: a stack bottom to top, e.g. ``["ngram"]``, ``[draft_model]`` or
     ``["ngram", small, larger]`` (hierarchical), with ``block_sizes`` tokens per level (default 4);
     trained drafts by name (``"draft-lm-1l"``, ``"draft-lm-3l"`` as levels; ``["medusa"]`` or
-    ``["hidden-transfer"]`` alone, see :mod:`pyspec.drafters.trained`);
-    or any :class:`pyspec.drafters.Drafter`. ``tree``: the top draft proposes a token tree instead of a
-    chain: a single draft model any :class:`TreeShape` (or per-depth widths such as ``[3, 2, 1]``),
-    the top level of a stack per-depth widths (its chain plus sibling candidates);
+    ``["hidden-transfer"]`` alone, see :mod:`pyspec.drafters.trained`; parsed by
+    :class:`pyspec.spec.SpecConfig`); or any :class:`pyspec.drafters.Drafter`. ``tree``: the top draft
+    proposes a token tree instead of a chain: a single draft model any :class:`TreeShape` (or per-depth
+    widths such as ``[3, 2, 1]``), the top level of a stack per-depth widths (its chain plus sibling
+    candidates);
     ``tree_sampling``: its children are the top-ranked tokens (``"topk"``) or independent draws
-    (``"sample"``). ``stats["levels"]`` reports passes, time and acceptance per level.
+    (``"sample"``). ``stats.levels`` reports passes, time and acceptance per level.
 
     Example:
         >>> model = load_model("smollm2-135m-instruct")  # doctest: +SKIP
         >>> generate(model, "Write a haiku about tea.", max_new_tokens=32)[0].text  # doctest: +SKIP
         >>> generate(model, "Write a haiku about tea.", drafts=["ngram"])[0].stats["mat"]  # doctest: +SKIP
+        >>> hot = SamplingParams(temperature=0.8, top_p=0.95, seed=1)
+        >>> same = generate(model, "Hi", temperature=0.8, top_p=0.95, seed=1)  # doctest: +SKIP
+        >>> generate(model, "Hi", sampling=hot)[0].tokens == same[0].tokens  # doctest: +SKIP
+        True
     """
     ids = encode_prompts(model, prompts, chat)
     for j, s in enumerate(stop):
         check_text(s, f"stop string {j}")
+    one = _sampling(sampling, temperature, top_k, top_p, seed)
     params = [
-        SamplingParams(temperature, top_k, top_p, None if seed is None else seed + i) for i in range(len(ids))
+        dataclasses.replace(one, seed=None if one.seed is None else one.seed + i) for i in range(len(ids))
     ]
     if plan is not None:
         if drafts is not None or tree is not None:
             raise ValueError("give either drafts (and a tree) or a plan, not both")
-        drafts, block_sizes, tree = _from_plan(model, plan, len(ids))
-    if drafts is None:
-        return generate_autoregressive(model, ids, max_new_tokens, params, tuple(stop), stream)
-    if isinstance(drafts, Drafter):
+        spec = dataclasses.replace(SpecConfig.from_plan(plan, len(ids), model), tree_sampling=tree_sampling)
+        drafter = spec.build(model)
+    elif isinstance(drafts, Drafter):
         drafter = drafts
     else:
-        drafter = build_stack(model, list(drafts), block_sizes, tree, tree_sampling)
+        drafter = SpecConfig.from_names(drafts, block_sizes, tree, tree_sampling).build(model)
+    if drafter is None:
+        return generate_autoregressive(model, ids, max_new_tokens, params, tuple(stop), stream)
     return generate_speculative(model, ids, drafter, max_new_tokens, params, tuple(stop), stream)
+
+
+def _sampling(
+    sampling: SamplingParams | None, temperature: float, top_k: int, top_p: float, seed: int | None
+) -> SamplingParams:
+    """``sampling``, or the separate keywords as one :class:`SamplingParams`; a keyword given beside
+    ``sampling`` must agree with it."""
+    if sampling is None:
+        return SamplingParams(temperature, top_k, top_p, seed)
+    if not isinstance(sampling, SamplingParams):
+        raise ValueError(f"sampling must be a SamplingParams, got {sampling!r}")
+    given = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
+    defaults = SamplingParams()
+    clash = [
+        f"{k}={v!r} (sampling has {getattr(sampling, k)!r})"
+        for k, v in given.items()
+        if v != getattr(defaults, k) and v != getattr(sampling, k)
+    ]
+    if clash:
+        raise ValueError(
+            "give either sampling=SamplingParams(...) or temperature/top_k/top_p/seed, not both: "
+            + ", ".join(clash)
+        )
+    return sampling
 
 
 def drafter_from_plan(model: LlamaModel, plan: Plan, batch_size: int) -> Drafter | None:
@@ -86,8 +120,7 @@ def drafter_from_plan(model: LlamaModel, plan: Plan, batch_size: int) -> Drafter
     Example:
         >>> drafter = drafter_from_plan(model, pyspec.plan(model), 1)  # doctest: +SKIP
     """
-    drafts, block_sizes, tree = _from_plan(model, plan, batch_size)
-    return None if drafts is None else build_stack(model, drafts, block_sizes, tree)
+    return SpecConfig.from_plan(plan, batch_size, model).build(model)
 
 
 def policy_from_plan(model: LlamaModel, plan: Plan, max_batch: int, min_gain: float = 0.0) -> DraftPolicy:
@@ -118,33 +151,6 @@ def policy_from_plan(model: LlamaModel, plan: Plan, max_batch: int, min_gain: fl
     return DraftPolicy(choices, labels)
 
 
-def _from_plan(model: LlamaModel, plan: Plan, batch_size: int) -> tuple:
-    """The drafts, block sizes and tree ``plan`` chose for this batch size (None: plain decoding)."""
-    from pyspec.profile import resolve_candidate
-
-    differs = plan.hardware_mismatch(hardware())
-    if differs:
-        warnings.warn(
-            f"this plan was made on other hardware ({', '.join(differs)} differ): its choices may not be "
-            "the fastest here; run `pyspec plan` on this machine",
-            stacklevel=3,
-        )
-    if plan.target != model.name:
-        raise ValueError(f"the plan is for target {plan.target!r}, not {model.name!r}")
-    if plan.weights != model.weights_format:
-        warnings.warn(
-            f"this plan was costed on the target's {plan.weights} weights, the model has "
-            f"{model.weights_format}: load it with packed={plan.weights == 'packed'} for the plan's speed "
-            "(the same tokens either way)",
-            stacklevel=3,
-        )
-    choice = plan.for_batch(batch_size)
-    if not choice.levels:
-        return None, None, None
-    tree = None if choice.tree is None else TreeShape(*choice.tree)
-    return [resolve_candidate(model, n) for n, _ in choice.levels], [t for _, t in choice.levels], tree
-
-
 def profile_model(
     model: LlamaModel,
     drafts: Sequence[str] = ("ngram",),
@@ -166,6 +172,7 @@ def profile_model(
     from pyspec.data import HELD_OUT_EVERY, calibration, humaneval, mtbench
     from pyspec.profile import profile
 
+    candidates = planner_candidates(drafts)  # a bad name fails before minutes of profiling
     if prompts is None:
         n = calibration_prompts
         ids = encode_prompts(model, [p.text for p in calibration(mtbench(), HELD_OUT_EVERY["mtbench"])[:n]])
@@ -175,7 +182,7 @@ def profile_model(
         ]
     else:
         ids = encode_prompts(model, prompts)
-    return profile(model, list(drafts), ids, batch_sizes, params=SamplingParams(temperature))
+    return profile(model, candidates, ids, batch_sizes, params=SamplingParams(temperature))
 
 
 def plan(

@@ -25,37 +25,14 @@ from pyspec.decoding.autoregressive import GREEDY, generate_autoregressive
 from pyspec.decoding.engine import BatchEngine
 from pyspec.decoding.hierarchy import same_vocabulary
 from pyspec.drafters.base import Draft, Drafter
-from pyspec.drafters.names import resolve_draft
 from pyspec.drafters.ngram import lookup
 from pyspec.hardware import hardware
 from pyspec.models.llama import LlamaModel
 from pyspec.models.loading import ModelNotFoundError, gguf_file, load_model
 from pyspec.sampling import SamplingParams, probabilities
+from pyspec.spec import resolve_candidate
 
 DEFAULT_SIZES = (1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32)
-
-
-def resolve_candidate(target: LlamaModel, name: str) -> LlamaModel | str:
-    """A candidate draft by name (:func:`pyspec.drafters.names.resolve_draft`: ``"ngram"``,
-    ``"early:N"``, a trained draft LM, another model, ``@bf16`` / ``@packed`` / ``@q8``); another
-    model is loaded once per process. Medusa heads and hidden transfer draft from the target's own
-    pass: not candidates.
-
-    Example:
-        >>> resolve_candidate(target, "smollm2-135m-instruct@bf16").embed_tokens.dtype  # doctest: +SKIP
-        torch.bfloat16
-    """
-    draft = resolve_draft(target, name, load=_loaded_once)
-    if isinstance(draft, str) and draft != "ngram":
-        raise ValueError(f"{name!r} drafts from the target's own pass: it is not a planner candidate")
-    return draft
-
-
-@functools.cache
-def _loaded_once(
-    name_or_path: str, dtype: torch.dtype = torch.float32, packed: bool = False, compute: str = "exact"
-) -> LlamaModel:
-    return load_model(name_or_path, dtype=dtype, progress=False, packed=packed, compute=compute)
 
 
 def forward_seconds(

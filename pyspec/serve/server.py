@@ -28,6 +28,7 @@ from pyspec.hardware import hardware
 from pyspec.models.llama import LlamaModel
 from pyspec.serve.engine_loop import EngineLoop
 from pyspec.serve.metrics import ServerMetrics
+from pyspec.spec import SpecConfig, read_plan
 
 log = logging.getLogger("pyspec.serve")
 SPECULATION = ("plan", "fixed", "off")
@@ -71,7 +72,7 @@ def auto_plan(model: LlamaModel, max_batch: int, drafts: Sequence[str] = ("ngram
     path = Path(cache_root()) / "plans" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
     if path.exists():
         log.info("plan from %s", path)
-        return Plan.from_json(path.read_text())
+        return read_plan(path)
     log.warning(
         "profiling %s on this machine for a plan (batch sizes %s; once, then cached)", model.name, sizes
     )
@@ -99,20 +100,17 @@ def build_policy(
         'ngram(block=4)'
     """
     from pyspec.api import policy_from_plan
-    from pyspec.decoding.hierarchy import build_stack
-    from pyspec.drafters.names import resolve_draft
 
     if speculation not in SPECULATION:
         raise ValueError(f"speculation must be one of {SPECULATION}, got {speculation!r}")
     if speculation == "off":
         return DraftPolicy.fixed(None)
     if speculation == "fixed":
-        stack = [resolve_draft(model, d) for d in drafts]
-        return DraftPolicy.fixed(build_stack(model, stack, list(block_sizes) if block_sizes else None))
+        return DraftPolicy.fixed(SpecConfig.from_names(drafts, block_sizes or None).build(model))
     if plan is None or plan == "auto":
         plan = auto_plan(model, max_batch, drafts)
     elif isinstance(plan, str):
-        plan = Plan.from_json(Path(plan).read_text())
+        plan = read_plan(plan)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         policy = policy_from_plan(model, plan, max_batch, min_gain)
