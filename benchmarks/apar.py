@@ -40,10 +40,10 @@ from pyspec.api import encode_prompts
 from pyspec.data import mtbench
 from pyspec.decoding.apar import generate_apar
 from pyspec.decoding.hierarchy import build_stack
+from pyspec.kv_cache import PAGE_SIZE
 from pyspec.models.adapters import load_apar_model
 from pyspec.training.apar_data import held_out_prompts
 
-PAGE_SIZE = 16  # the KV cache's page size (tokens)
 MODES = ("sequential", "apar", "sequential+ngram", "apar+ngram")
 STRUCTURED_CATEGORIES = ("writing", "humanities", "stem")
 UNSTRUCTURED_CATEGORIES = ("math", "reasoning")
@@ -98,10 +98,16 @@ def main() -> None:
                     if tokens != reference:
                         lossless = False
                         print(f"MISMATCH {pid} {mode} repeat {repeat}")
-                    rows[name][mode].append({"prompt": pid, "repeat": repeat, **out.stats})
+                    rows[name][mode].append({"prompt": pid, "repeat": repeat, **out.stats.as_dict()})
                     if repeat == 0 and mode in ("sequential", "apar"):
                         examples.append(
-                            {"set": name, "prompt": pid, "mode": mode, "text": out.text, **out.stats}
+                            {
+                                "set": name,
+                                "prompt": pid,
+                                "mode": mode,
+                                "text": out.text,
+                                **out.stats.as_dict(),
+                            }
                         )
             apar = rows[name]["apar"][-1]
             print(f"{name:<20} {pid:<28} forks {apar['forks']:>2}  steps {apar['steps']:>4}", flush=True)
@@ -124,7 +130,7 @@ def report(rows, args) -> dict:
         header += ("spread", 13), ("peak KV", 9)
         print(f"{'mode':<18}" + "".join(f"{h:>{w}}" for h, w in header) + f"{'forks':>7}")
         for mode, runs in modes.items():
-            steps, toks = sum(r["steps"] for r in runs), sum(r["tokens"] for r in runs)
+            steps, toks = sum(r["target_passes"] for r in runs), sum(r["new_tokens"] for r in runs)
             ups = _speedups(runs, modes["sequential"], args.repeats)
             peak = statistics.median(r["peak_pages"] for r in runs)
             forks = statistics.mean(r["forks"] for r in runs)
@@ -135,10 +141,10 @@ def report(rows, args) -> dict:
             )
     structured = {m: [r for name in rows if name != "unstructured" for r in rows[name][m]] for m in MODES}
     seq, apar, spec = structured["sequential"], structured["apar"], structured["apar+ngram"]
-    one_sequence = [-(-(a["prompt_tokens"] + a["tokens"]) // PAGE_SIZE) for a in apar]
+    one_sequence = [-(-(a["prompt_tokens"] + a["new_tokens"]) // PAGE_SIZE) for a in apar]
     ups, spec_ups = _speedups(apar, seq, args.repeats), _speedups(spec, seq, args.repeats)
     return {
-        "step_reduction": round(statistics.median(a["tokens"] / a["steps"] for a in apar), 3),
+        "step_reduction": round(statistics.median(a["new_tokens"] / a["target_passes"] for a in apar), 3),
         "speedup": round(statistics.median(ups), 3),
         "speedup_spread": [round(min(ups), 3), round(max(ups), 3)],
         "kv_peak_ratio": round(
@@ -154,7 +160,7 @@ def report(rows, args) -> dict:
 
 
 def _tps(runs: list[dict]) -> float:
-    return sum(r["tokens"] for r in runs) / sum(r["seconds"] for r in runs)
+    return sum(r["new_tokens"] for r in runs) / sum(r["seconds"] for r in runs)
 
 
 def _speedups(runs: list[dict], baseline: list[dict], repeats: int) -> list[float]:

@@ -64,7 +64,7 @@ def serve(target, prompts, max_new, batch, block, padding):
     return {
         "tokens": [o.tokens for o in outs],
         "throughput": sum(len(o.tokens) for o in outs) / seconds,
-        "latency": sum(o.stats["latency_seconds"] for o in outs) / len(outs),
+        "latency": sum(o.stats.seconds for o in outs) / len(outs),
         "peak_pages": engine.stats["peak_pages"],
         "steps": engine.stats["steps"],
     }

@@ -35,10 +35,9 @@ from planner.plan import Choice, make_plan, predict
 from pyspec.api import encode_prompts
 from pyspec.data import held_out, humaneval, mtbench
 from pyspec.decoding.autoregressive import generate_autoregressive
-from pyspec.decoding.hierarchy import build_stack
 from pyspec.decoding.speculative import generate_speculative
 from pyspec.drafters.model import TreeShape
-from pyspec.profile import resolve_candidate
+from pyspec.spec import SpecConfig
 
 CANDIDATES = ["ngram", "early:8", "early:20"]
 
@@ -78,10 +77,7 @@ def grid(quick: bool, everything: bool = False) -> list[Choice]:
 
 
 def drafter(target, choice: Choice):
-    names = [n for n, _ in choice.levels]
-    drafts = [resolve_candidate(target, n) for n in names]
-    tree = None if choice.tree is None else TreeShape(*choice.tree)
-    return build_stack(target, drafts, [t for _, t in choice.levels], tree)
+    return SpecConfig.from_plan_choice(choice).build(target)
 
 
 def main() -> None:
@@ -127,10 +123,10 @@ def main() -> None:
                 out = generate_speculative(target, [prompt], drafter(target, c), max_new)[0]
             else:
                 out = generate_autoregressive(target, [prompt], max_new)[0]
-            after = out.stats["seconds"] - out.stats["ttft_seconds"]
+            after = out.stats.seconds - out.stats.ttft_seconds
             seconds[c.label].append(after)
-            tokens[c.label].append(round(out.stats["decode_tokens_per_second"] * after))
-            passes[c.label] += out.stats["target_passes"]
+            tokens[c.label].append(round(out.stats.decode_tokens_per_second * after))
+            passes[c.label] += out.stats.target_passes
             emitted[c.label] += len(out.tokens)
             reference = reference or out.tokens  # autoregressive runs first
             if out.tokens != reference:

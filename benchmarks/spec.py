@@ -102,7 +102,7 @@ def main() -> None:
                     lossless = False
                     print(f"MISMATCH {ds} prompt {i} mode {name}")
                 rows.setdefault((ds, name), []).append(
-                    (len(out.tokens), seconds, out.stats["target_passes"], ar_seconds)
+                    (len(out.tokens), seconds, out.stats.target_passes, ar_seconds)
                 )
             print(f"{ds} {i + 1}/{len(prompts)} done", flush=True)
 

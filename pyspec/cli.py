@@ -10,70 +10,49 @@ import sys
 import torch
 
 
-def _drafts(args: argparse.Namespace, target) -> list | None:
-    """The ``--draft`` stack, bottom to top, by name (:mod:`pyspec.drafters.names`)."""
-    from pyspec.drafters.names import resolve_draft
-
-    return [resolve_draft(target, spec) for spec in args.draft] or None
-
-
 def _generate(args: argparse.Namespace) -> int:
-    from pyspec.api import generate, load_model
-    from pyspec.drafters.names import parse_draft
+    from pyspec.api import generate
+    from pyspec.models.loading import load_model
     from pyspec.sampling import SamplingParams
+    from pyspec.spec import SpecConfig, read_plan
 
-    SamplingParams(args.temperature, args.top_k, args.top_p, args.seed)  # bad values fail before loading
-    for spec in args.draft:
-        parse_draft(spec)
+    sampling = SamplingParams(args.temperature, args.top_k, args.top_p, args.seed)  # bad values fail first
+    spec = SpecConfig.from_cli(args)  # bad draft names, block sizes or trees too
     plan = None
     if args.plan:
-        from planner.plan import Plan
-
-        with open(args.plan) as f:
-            plan = Plan.from_json(f.read())
+        if args.draft or args.tree:
+            raise ValueError("give either drafts (and a tree) or a plan, not both")
+        plan = read_plan(args.plan)
     packed = args.packed or args.compute == "q8" or (plan is not None and plan.weights == "packed")
     model = load_model(args.model, packed=packed, compute=args.compute)  # a plan's format: the same tokens
-    kw = dict(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-        stop=args.stop,
-        chat=not args.no_chat,
-    )
-    drafts = _drafts(args, model)
-    tree = [int(w) for w in args.tree.split(",")] if args.tree else None
+    kw = dict(max_new_tokens=args.max_new_tokens, sampling=sampling, stop=args.stop, chat=not args.no_chat)
     if plan is not None:
-        args.draft = [plan.for_batch(1).label] if plan.for_batch(1).levels else []
+        spec = SpecConfig.from_plan(plan, 1, model)
     out = generate(
         model,
         args.prompt,
         stream=lambda _, text: print(text, end="", flush=True),
-        drafts=drafts,
-        block_sizes=args.block_size or None,
-        tree=tree,
-        plan=plan,
+        drafts=spec.build(model),
         **kw,
     )[0]
     s = out.stats
-    mode = (
-        "autoregressive" if not args.draft else "speculative (" + " > ".join(args.draft + [args.model]) + ")"
-    )
+    # the stack as given (names, bottom to top), or the plan's choice
+    levels = [spec.label] if plan is not None else list(args.draft)
+    mode = "autoregressive" if not spec.drafts else "speculative (" + " > ".join(levels + [args.model]) + ")"
     print(
-        f"\n\n[{mode}: {s['new_tokens']} tokens in {s['seconds']:.2f} s, "
-        f"{s['tokens_per_second']:.1f} tokens/s, "
-        f"{s['target_passes']} target passes, {s['mat']:.2f} tokens per pass, prompt {s['prompt_tokens']} "
+        f"\n\n[{mode}: {s.new_tokens} tokens in {s.seconds:.2f} s, "
+        f"{s.tokens_per_second:.1f} tokens/s, "
+        f"{s.target_passes} target passes, {s.mat:.2f} tokens per pass, prompt {s.prompt_tokens} "
         f"tokens, finished by {out.finish_reason}]",
         file=sys.stderr,
     )
-    if args.compare and args.draft:
+    if args.compare and spec.drafts:
         plain = generate(model, args.prompt, **kw)[0]
         p = plain.stats
         same = "identical" if plain.tokens == out.tokens else "DIFFERENT"
         print(
-            f"[plain decoding: {p['new_tokens']} tokens in {p['seconds']:.2f} s, "
-            f"{p['tokens_per_second']:.1f} tokens/s; speculative is {p['seconds'] / s['seconds']:.2f}x "
+            f"[plain decoding: {p.new_tokens} tokens in {p.seconds:.2f} s, "
+            f"{p.tokens_per_second:.1f} tokens/s; speculative is {p.seconds / s.seconds:.2f}x "
             f"faster; outputs {same}]",
             file=sys.stderr,
         )
@@ -139,26 +118,22 @@ def _serve(args: argparse.Namespace) -> int:
         import uvicorn  # noqa: F401
     except ImportError as e:
         raise ValueError(f"pyspec serve needs {e.name}: pip install 'pyspec[serve]'") from None
-    from pyspec.api import load_model
-    from pyspec.drafters.names import parse_draft
+    from pyspec.models.loading import load_model
     from pyspec.serve import build_app, build_policy, run_server
     from pyspec.serve.server import auto_plan, plan_batch_sizes
+    from pyspec.spec import SpecConfig, read_plan
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
     if args.draft and args.speculation != "fixed":
         raise ValueError("--draft sets a fixed speculation: add --speculation fixed (or give a --plan)")
     if args.plan != "auto" and args.speculation != "plan":
         raise ValueError(f"--plan is for --speculation plan, not {args.speculation!r}")
-    for spec in args.draft:
-        parse_draft(spec)
+    SpecConfig.from_cli(args)  # bad draft names or block sizes fail before loading
     if args.max_batch < 1 or args.max_length < 2:
         raise ValueError("--max-batch must be >= 1 and --max-length >= 2")
     plan = None
     if args.speculation == "plan" and args.plan != "auto":
-        from planner.plan import Plan
-
-        with open(args.plan) as f:
-            plan = Plan.from_json(f.read())
+        plan = read_plan(args.plan)
     packed = args.packed or args.compute == "q8" or (plan is not None and plan.weights == "packed")
     model = load_model(args.model, packed=packed, compute=args.compute)
     if args.speculation == "plan" and plan is None:
@@ -214,17 +189,17 @@ def _apar(args: argparse.Namespace) -> int:
     out = decode(1, args.draft == "ngram", True)
     s = out.stats
     print(
-        f"\n\n[APAR{' + n-gram drafts' if args.draft else ''}: {s['forks']} forks, {s['tokens']} tokens "
-        f"in {s['steps']} steps ({s['tokens_per_step']:.2f} per step), {s['tokens'] / s['seconds']:.1f} "
-        f"tokens/s, peak KV {s['peak_pages']} pages, finished by {out.finish_reason}]",
+        f"\n\n[APAR{' + n-gram drafts' if args.draft else ''}: {s.forks} forks, {s.new_tokens} tokens "
+        f"in {s.target_passes} steps ({s.mat:.2f} per step), {s.new_tokens / s.seconds:.1f} "
+        f"tokens/s, peak KV {s.peak_pages} pages, finished by {out.finish_reason}]",
         file=sys.stderr,
     )
     if args.compare:
         seq = decode(0, False, False).stats  # no forks
         print(
-            f"[sequential decoding of the same model: {seq['tokens']} tokens in {seq['steps']} steps, "
-            f"{seq['tokens'] / seq['seconds']:.1f} tokens/s, peak KV {seq['peak_pages']} pages; APAR took "
-            f"{seq['steps'] / s['steps']:.2f}x fewer steps]",
+            f"[sequential decoding of the same model: {seq.new_tokens} tokens in {seq.target_passes} steps, "
+            f"{seq.new_tokens / seq.seconds:.1f} tokens/s, peak KV {seq.peak_pages} pages; APAR took "
+            f"{seq.target_passes / s.target_passes:.2f}x fewer steps]",
             file=sys.stderr,
         )
     return 0

@@ -11,13 +11,40 @@ pass, :meth:`ModelRunner.keep` commits the new tokens that were kept and compact
 from __future__ import annotations
 
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from pyspec import ops
 from pyspec.batch import StepBatch
+from pyspec.kv_cache import PAGE_SIZE
 from pyspec.models.llama import LlamaModel
+
+
+@dataclass(frozen=True, eq=False)
+class TargetStates:
+    """What a drafter asks of the pass that verifies its drafts (vLLM's ``target_hidden_states``):
+    per scored row, the states it drafts the next step from. One object per drafter: compared by
+    identity.
+
+    Without ``transfer``: the row's final normalised hidden state ``[hidden]`` (Medusa heads read it).
+    With ``transfer`` (hidden transfer, docs/papers.md §1): after ``layer`` layers, ``transfer`` maps
+    the scored rows' states ``[R, hidden]`` to ``num_future`` pseudo states each ``[R, k, hidden]``;
+    they join the rest of the pass as a chain of nodes below their row in the tree mask (attending to
+    the context, the row's ancestors and each other; nothing attends to them), and the row's states
+    are their final normalised states ``[k, hidden]``. Pseudo nodes sit after the real ones and are
+    never kept, so their KV is never committed and the real rows' logits are those of a pass without
+    them.
+    """
+
+    transfer: Callable[[torch.Tensor], torch.Tensor] | None = None
+    layer: int = -1
+    num_future: int = 0
+
+    def scratch(self, max_draft: int) -> int:
+        """KV slots per sequence the pseudo nodes of a pass over ``max_draft`` draft tokens take."""
+        return self.num_future * (max_draft + 1) if self.transfer is not None else 0
 
 
 class ModelRunner:
@@ -40,8 +67,22 @@ class ModelRunner:
         [9, 5]
     """
 
-    def __init__(self, model: LlamaModel, num_pages: int, page_size: int = 16) -> None:
-        self.model = model
+    def __init__(
+        self,
+        model: LlamaModel,
+        num_pages: int,
+        page_size: int = PAGE_SIZE,
+        states: TargetStates | None = None,
+    ) -> None:
+        if (
+            states is not None
+            and states.transfer is not None
+            and not 1 <= states.layer < model.config.num_layers
+        ):
+            raise ValueError(
+                f"hidden transfer at layer {states.layer} for a model of {model.config.num_layers}"
+            )
+        self.model, self.states = model, states
         self.cache = model.new_cache(num_pages=num_pages, page_size=page_size)
         self._seq: dict[Hashable, int] = {}
         self._cached: dict[Hashable, list[int]] = {}  # tokens whose KV is committed
@@ -96,6 +137,17 @@ class ModelRunner:
         """One forward pass. Sequence b feeds ``new_tokens[b]`` after its cached tokens, as a chain
         (``parents[b] is None``) or a tree; returns, per sequence, the logits ``[len(rows[b]), vocab]``
         of the rows asked for (indices into its new tokens). Nothing is committed until :meth:`keep`."""
+        return self.score(keys, new_tokens, parents, rows)[0]
+
+    def score(
+        self,
+        keys: Sequence[Hashable],
+        new_tokens: Sequence[Sequence[int]],
+        parents: Sequence[torch.Tensor | None],
+        rows: Sequence[Sequence[int]],
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+        """:meth:`run`, and per sequence the :class:`TargetStates` of the rows asked for
+        (``[len(rows[b]), hidden]`` or ``[len(rows[b]), k, hidden]``; None without ``states``)."""
         start = time.perf_counter()
         seqs = [self._seq[k] for k in keys]
         trees = None
@@ -105,13 +157,55 @@ class ModelRunner:
         batch = StepBatch.build(self.cache, seqs, [list(t) for t in new_tokens], parents=trees)
         offsets = batch.qo_indptr[:-1].tolist()
         flat = torch.tensor([offsets[b] + r for b, rs in enumerate(rows) for r in rs], dtype=torch.long)
+        flat = flat.to(batch.tokens.device)
+        states = None
         with torch.inference_mode():
-            logits = self.model(batch, self.cache, logits_rows=flat.to(batch.tokens.device)).logits
+            if self.states is None:
+                logits = self.model(batch, self.cache, logits_rows=flat).logits
+            elif self.states.transfer is None:
+                out = self.model(batch, self.cache, logits_rows=flat, hidden_layers=(-1,))
+                logits, states = out.logits, out.hidden[-1][flat]  # [R, hidden]
+            else:
+                final, states = self._forward_transfer(seqs, new_tokens, trees, rows, batch, flat)
+                logits = self.model.head(final)
         for key, toks in zip(keys, new_tokens, strict=True):
             self._fed[key] = list(toks)
         self.passes += 1
         self.seconds += time.perf_counter() - start
-        return list(logits.float().split([len(r) for r in rows]))
+        sizes = [len(r) for r in rows]
+        return list(logits.float().split(sizes)), None if states is None else list(states.split(sizes))
+
+    def _forward_transfer(self, seqs, new_tokens, trees, rows, real: StepBatch, flat: torch.Tensor):
+        """Hidden transfer's pass: the layers below t run the real tokens only; then k pseudo nodes
+        per scored row join (a chain below the row, after the sequence's real nodes) and the rest of
+        the layers run both. Returns the scored rows' final states ``[R, hidden]`` and their pseudo
+        nodes' ``[R, k, hidden]``."""
+        m, k, t = self.model, self.states.num_future, self.states.layer
+        feeds, full_trees = [], []
+        for b, (toks, rs) in enumerate(zip(new_tokens, rows, strict=True)):
+            n = len(toks)
+            tree = torch.arange(-1, n - 1) if trees is None else trees[b]
+            below = [[r] + [n + j * k + i for i in range(k - 1)] for j, r in enumerate(rs)]
+            full_trees.append(
+                torch.cat([tree, torch.tensor([p for c in below for p in c], dtype=torch.long)])
+            )
+            feeds.append(list(toks) + [0] * (k * len(rs)))
+        full = StepBatch.build(self.cache, seqs, feeds, parents=full_trees)  # same slots for the real nodes
+        starts = full.qo_indptr[:-1].tolist()
+        device = real.tokens.device
+        to_full = torch.tensor(
+            [starts[b] + j for b, toks in enumerate(new_tokens) for j in range(len(toks))], device=device
+        )
+        pseudo = torch.tensor(
+            [starts[b] + len(new_tokens[b]) + j for b, rs in enumerate(rows) for j in range(k * len(rs))],
+            device=device,
+        )
+        x = m.run_layers(real, self.cache, m.embed(real.tokens), stop=t)[0]
+        y = x.new_zeros(full.num_tokens, x.shape[1])
+        y[to_full] = x
+        y[pseudo] = self.states.transfer(x[flat]).reshape(-1, x.shape[1])
+        x = ops.rms_norm(m.run_layers(full, self.cache, y, start=t)[0], m.norm, m.config.rms_norm_eps)
+        return x[to_full[flat]], x[pseudo].view(len(flat), k, -1)
 
     def keep(self, keys: Sequence[Hashable], kept: Sequence[Sequence[int]]) -> None:
         """Commits, per sequence, the new tokens of the last run at indices ``kept`` (increasing); the

@@ -12,7 +12,7 @@ import json
 
 import pytest
 import torch
-from conftest import null_total_variations, total_variation
+from utils import null_total_variations, total_variation
 
 from pyspec.api import encode_prompts
 from pyspec.batch import StepBatch
@@ -152,7 +152,7 @@ def _reference_tokens(model, context: list[int], start: int, may_fork: bool) -> 
 
 def test_every_stream_is_the_models_own_greedy_decoding(model, outputs):
     _, outs = outputs
-    assert sum(o.stats["forks"] for o in outs) >= 3, "the fine-tuned model should fork on list questions"
+    assert sum(o.stats.forks for o in outs) >= 3, "the fine-tuned model should fork on list questions"
     fork, child = model.control_tokens
     for out in outs:
         for i, s in enumerate(out.streams):
@@ -171,7 +171,7 @@ def test_fork_rules_and_reassembly(model, outputs):
     _, outs = outputs
     fork, child = model.control_tokens
     for out in outs:
-        assert out.stats["max_live_streams"] <= MAX_STREAMS
+        assert out.stats.max_live_streams <= MAX_STREAMS
         for s in out.streams:
             assert child not in s["tokens"]
             if s["depth"] >= 1:
@@ -187,23 +187,23 @@ def test_stream_limit_only_delays_children(model, outputs):
     wide = generate_apar(model, ids, max_new_tokens=40, max_streams=16)
     for a, b in zip(outs, wide, strict=True):
         assert [s["tokens"] for s in a.streams] == [s["tokens"] for s in b.streams]
-        assert a.stats["steps"] >= b.stats["steps"]
-    assert any(b.stats["max_live_streams"] > MAX_STREAMS for b in wide)  # the limit did bind
+        assert a.stats.target_passes >= b.stats.target_passes
+    assert any(b.stats.max_live_streams > MAX_STREAMS for b in wide)  # the limit did bind
 
 
 def test_children_share_the_prefix_kv(model, outputs):
     _, outs = outputs
     # without sharing, every stream would hold its whole context (prompt, parent prefix, own tokens)
     unshared = sum(-(-len(s["context"]) // 16) for out in outs for s in out.streams)
-    peak = outs[0].stats["peak_pages"]  # one batch: the peak is the batch's
-    assert all(out.stats["peak_pages"] == peak for out in outs)
-    assert sum(out.stats["forks"] for out in outs) and peak < unshared
+    peak = outs[0].stats.peak_pages  # one batch: the peak is the batch's
+    assert all(out.stats.peak_pages == peak for out in outs)
+    assert sum(out.stats.forks for out in outs) and peak < unshared
 
 
 def test_sequential_decoding_of_the_same_model_does_not_fork(model):
     ids = encode_prompts(model, STRUCTURED[:1])
     out = generate_apar(model, ids, max_new_tokens=24, max_depth=0)[0]
-    assert out.stats["forks"] == 0 and out.stats["steps"] == len(out.streams[0]["tokens"])
+    assert out.stats.forks == 0 and out.stats.target_passes == len(out.streams[0]["tokens"])
 
 
 def test_speculative_apar_is_token_identical_and_streams_in_reading_order(model, outputs):
@@ -221,7 +221,26 @@ def test_speculative_apar_is_token_identical_and_streams_in_reading_order(model,
         assert [s["tokens"] for s in a.streams] == [s["tokens"] for s in b.streams]
         assert a.text == b.text
     assert [len(x) for x in pieces.values()] and all("".join(pieces[i]) == spec[i].text for i in pieces)
-    assert sum(o.stats["steps"] for o in spec) <= sum(o.stats["steps"] for o in plain)
+    assert sum(o.stats.target_passes for o in spec) <= sum(o.stats.target_passes for o in plain)
+
+
+def test_head_drafters_in_apar_are_token_identical(model, outputs):
+    """SmolLM2's trained Medusa heads and hidden-transfer layers drafting for the APAR model (the same
+    base, an adapter merged) from its own pass, every stream for itself: the streams equal plain
+    APAR's, and drafts were verified."""
+    from pyspec.drafters.heads import FutureHeads
+    from pyspec.drafters.hidden_transfer import HeadsDrafter
+    from pyspec.models.loading import WEIGHTS_DIR
+
+    ids, plain = outputs
+    for name in ("medusa", "hidden-transfer"):
+        heads = FutureHeads.load(WEIGHTS_DIR / "smollm2-135m-instruct" / f"{name}.safetensors")
+        drafter = HeadsDrafter(model, heads, widths=[2, 1])
+        spec = generate_apar(model, ids, max_new_tokens=40, max_streams=MAX_STREAMS, drafter=drafter)
+        for a, b in zip(plain, spec, strict=True):
+            assert [s["tokens"] for s in a.streams] == [s["tokens"] for s in b.streams], name
+        target = spec[0].stats.levels[-1]
+        assert target["drafted"] > 0 and target["accepted"] > 0, (name, target)
 
 
 def test_sampling_is_seeded_and_never_samples_child(model):

@@ -143,7 +143,7 @@ def test_unusual_valid_text_decodes_the_same_everywhere(model, capsys):
     ],
 )
 def test_a_bad_draft_name_fails_alike_in_generate_plan_and_cli(model, capsys, name, message):
-    from pyspec.profile import resolve_candidate
+    from pyspec.spec import resolve_candidate
 
     error = FileNotFoundError if name.startswith("draft-lm") else ValueError
     with pytest.raises(error, match=message):
@@ -158,7 +158,7 @@ def test_a_bad_draft_name_fails_alike_in_generate_plan_and_cli(model, capsys, na
 def test_every_entry_point_accepts_the_same_draft_names(model, capsys):
     """``early:N`` (which ``generate`` once refused), a trained draft LM, a registry model in
     bfloat16: ``generate``, the planner's resolver and the CLI all take them, with the same output."""
-    from pyspec.profile import resolve_candidate
+    from pyspec.spec import resolve_candidate
 
     plain = pyspec.generate(model, "Name a colour.", max_new_tokens=8)[0].tokens
     for name in ("early:20", "draft-lm-1l", "smollm2-135m-instruct@bf16"):

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import make_batch
+from utils import make_batch
 
 from pyspec import ops
 

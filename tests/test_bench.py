@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import assert_same_greedy_choice
+from utils import assert_same_greedy_choice
 
 import pyspec
 from pyspec.bench import suite

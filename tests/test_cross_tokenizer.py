@@ -6,7 +6,7 @@ Lossless greedy and sampled decoding through re-tokenized drafts on SmolLM2 is i
 tests/test_speculative.py (the ``cross-*`` stacks)."""
 
 import pytest
-from conftest import BYTES
+from utils import BYTES
 
 import pyspec
 from pyspec.api import encode_prompts
@@ -95,5 +95,5 @@ def test_smollm2_drafts_for_qwen_are_lossless(qwen, smollm2):
     for drafts, blocks in (([smollm2], [4]), (["ngram", smollm2], [3, 4])):
         out = generate_speculative(qwen, prompts, build_stack(qwen, drafts, blocks), 24)
         assert [o.tokens for o in out] == reference, blocks
-        top = out[0].stats["levels"][-1]
+        top = out[0].stats.levels[-1]
         assert 0 < top["accepted"] <= top["drafted"], top

@@ -8,6 +8,7 @@ import pyspec
 from pyspec.api import encode_prompts
 from pyspec.data import humaneval, mtbench
 from pyspec.decoding.autoregressive import generate_autoregressive
+from pyspec.decoding.core import step_tokens
 from pyspec.decoding.draft_policy import DraftPolicy
 from pyspec.decoding.engine import PADDING, BatchEngine
 from pyspec.decoding.hierarchy import build_stack
@@ -56,7 +57,7 @@ def test_greedy_requests_equal_plain_decoding_with_any_padding(model, prompts, p
 def test_plain_engine_equals_plain_decoding(model, prompts, plain):
     outs = serve(BatchEngine(model, None, max_batch=4, max_length=512), prompts)
     assert [o.tokens for o in outs] == plain
-    assert [o.stats["target_passes"] for o in outs] == LIMITS
+    assert [o.stats.target_passes for o in outs] == LIMITS
 
 
 def test_sampled_requests_do_not_depend_on_their_neighbours(model, prompts):
@@ -116,7 +117,7 @@ def test_out_of_pages_rejects_with_a_reason(model, prompts, plain):
     outs = serve(engine, prompts)
     rejected = [o for o in outs if o.finish_reason == "rejected"]
     assert rejected and engine.stats["rejected"] == len(rejected)
-    assert all("out of pages" in o.stats["error"] for o in rejected)
+    assert all("out of pages" in o.stats.error for o in rejected)
     for o, ref in zip(outs, plain, strict=True):
         assert o.tokens == (ref if o.finish_reason != "rejected" else ref[: len(o.tokens)])
 
@@ -155,6 +156,25 @@ def test_draft_policy_switches_with_load_and_stays_exact(model, prompts, plain):
     )
     rid = alone.submit(prompts[0], seeded, LIMITS[0])
     assert alone.run()[rid].tokens == together.tokens
+
+
+@pytest.mark.parametrize("heads", ["medusa", "hidden-transfer"])
+def test_head_drafters_in_the_engine_equal_plain_decoding(model, prompts, plain, heads):
+    """Medusa heads and hidden transfer draft from the target's own pass in the batch engine: the
+    verifier returns their states, the core hands them to the drafter; greedy outputs equal plain
+    decoding and the heads' drafts are accepted. With a tiny pool, pre-emption (states dropped, KV
+    recomputed) keeps the outputs too."""
+    engine = BatchEngine(model, build_stack(model, [heads], tree=[3, 2, 1]), max_batch=3, max_length=512)
+    assert [o.tokens for o in serve(engine, prompts)] == plain
+    counts = engine.levels[model.name]
+    assert 0 < counts.accepted_tokens < counts.draft_tokens, counts
+    assert engine.stats["steps"] < sum(LIMITS)
+    drafter = build_stack(model, [heads])
+    extra = step_tokens(DraftPolicy.fixed(drafter))  # the draft, pseudo nodes, the verifier's token
+    need = max(-(-(len(p) + n + extra) // 16) for p, n in zip(prompts, LIMITS, strict=True))
+    tight = BatchEngine(model, drafter, max_batch=5, max_length=512, num_pages=need + 6)
+    assert [o.tokens for o in serve(tight, prompts)] == plain
+    assert tight.stats["preemptions"] > 0 and tight.cache.stats()["used_pages"] == 0
 
 
 def test_cancel_expire_and_pop_free_everything(model, prompts):

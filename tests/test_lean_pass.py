@@ -8,7 +8,7 @@ must not depend on how many rows or threads share the call.
 
 import pytest
 import torch
-from conftest import make_batch
+from utils import make_batch
 
 from pyspec import ops, reference
 from pyspec.batch import StepBatch

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import assert_same_greedy_choice
+from utils import assert_same_greedy_choice
 
 import pyspec
 from pyspec.api import encode_prompts

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import DEVICES, make_batch
+from utils import DEVICES, make_batch
 
 from pyspec import ops
 

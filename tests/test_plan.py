@@ -143,7 +143,7 @@ def test_replayed_gains_match_the_decoding_loop(model):
     table = acceptance(model, ["ngram"], [prompt], new_tokens=96)
     replayed = np.dot(np.arange(6), table["gains"][0][1][4])
     out = generate_speculative(model, [prompt], build_stack(model, ["ngram"], [4]), 96)[0]
-    actual = (len(out.tokens) - 1) / (out.stats["target_passes"] - 1)  # after the prefill's token
+    actual = (len(out.tokens) - 1) / (out.stats.target_passes - 1)  # after the prefill's token
     assert replayed == pytest.approx(actual, abs=0.15)
 
 

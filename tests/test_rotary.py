@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import DEVICES
+from utils import DEVICES
 
 from pyspec import ops, reference
 

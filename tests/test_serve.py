@@ -140,7 +140,7 @@ def test_chat_and_completion_equal_generate(server, model):
     assert reply.choices[0].message.content == ours.text
     assert reply.choices[0].message.role == "assistant"
     assert reply.usage.completion_tokens == len(ours.tokens)
-    assert reply.usage.prompt_tokens == ours.stats["prompt_tokens"]
+    assert reply.usage.prompt_tokens == ours.stats.prompt_tokens
     assert reply.choices[0].finish_reason == {"length": "length", "eos": "stop"}[ours.finish_reason]
 
     code = humaneval()[7].text

@@ -4,13 +4,13 @@ autoregressive decoding for every mode, sampling that follows the target's distr
 Until trained drafts exist, the same-vocabulary drafts are built from the target itself: its first
 layers plus its head (``first_layers``), which accept some tokens and reject many, so both paths of
 the verification are exercised. The n-gram drafter needs no weights. Drafts with another tokenizer go
-through UTF-8 bytes (``conftest.ByteTokenizer``, a real if minimal tokenizer): SmolLM2's ids are
+through UTF-8 bytes (``utils.ByteTokenizer``, a real if minimal tokenizer): SmolLM2's ids are
 re-tokenized to bytes and back, or an n-gram lookup runs over the bytes.
 """
 
 import pytest
 import torch
-from conftest import BYTES, null_total_variations, total_variation
+from utils import BYTES, null_total_variations, total_variation
 
 import pyspec
 from pyspec.api import encode_prompts
@@ -73,21 +73,21 @@ def test_greedy_is_token_identical_to_autoregressive(model, prompts, reference, 
     output, and the drafts were really used (some accepted, some rejected)."""
     out = generate_speculative(model, prompts, STACKS[stack](model), NEW_TOKENS)
     assert [o.tokens for o in out] == reference
-    target = out[0].stats["levels"][-1]
+    target = out[0].stats.levels[-1]
     assert 0 < target["accepted"] < target["drafted"], target
-    assert sum(o.stats["target_passes"] for o in out) < sum(len(o.tokens) for o in out)
+    assert sum(o.stats.target_passes for o in out) < sum(len(o.tokens) for o in out)
 
 
 def test_a_bfloat16_draft_changes_no_token(model, prompts, reference):
     """A registry draft with ``@bf16`` runs in bfloat16 (the real SmolLM2 weights, rounded): its
     drafts differ from the fp32 target's own choices now and then, and the output does not."""
-    from pyspec.profile import resolve_candidate
+    from pyspec.spec import resolve_candidate
 
     draft = resolve_candidate(model, "smollm2-135m-instruct@bf16")
     assert draft.embed_tokens.dtype == torch.bfloat16 and draft.name == "smollm2-135m-instruct@bf16"
     out = generate_speculative(model, prompts, build_stack(model, [draft], [4]), NEW_TOKENS)
     assert [o.tokens for o in out] == reference
-    target = out[0].stats["levels"][-1]
+    target = out[0].stats.levels[-1]
     assert target["accepted"] > 0.5 * target["drafted"], target
     with pytest.raises(ValueError, match="@bf16"):
         resolve_candidate(model, "smollm2-135m-instruct@fp8")

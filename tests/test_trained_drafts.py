@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import assert_same_greedy_choice, null_total_variations, total_variation
+from utils import assert_same_greedy_choice, null_total_variations, total_variation
 
 import pyspec
 from pyspec.api import encode_prompts
@@ -16,8 +16,9 @@ from pyspec.decoding.autoregressive import generate_autoregressive
 from pyspec.decoding.hierarchy import build_stack
 from pyspec.decoding.speculative import generate_speculative
 from pyspec.drafters.heads import FutureHeads, HiddenTransfer, MedusaHeads
-from pyspec.drafters.hidden_transfer import FutureHeadsRunner, HeadsDrafter
+from pyspec.drafters.hidden_transfer import HeadsDrafter
 from pyspec.drafters.trained import load_heads, trained_drafts, weights_path
+from pyspec.model_runner import ModelRunner, TargetStates
 from pyspec.models.loading import WEIGHTS_DIR
 from pyspec.sampling import SamplingParams
 from pyspec.training import sharegpt
@@ -153,9 +154,9 @@ def test_qwen_hidden_transfer_is_lossless_and_accepted(qwen, tree):
     reference = [o.tokens for o in generate_autoregressive(qwen, prompts, 24)]
     out = generate_speculative(qwen, prompts, build_stack(qwen, ["hidden-transfer"], tree=tree), 24)
     assert [o.tokens for o in out] == reference
-    level = out[0].stats["levels"][-1]
+    level = out[0].stats.levels[-1]
     assert 0 < level["accepted"] < level["drafted"], level
-    assert sum(o.stats["target_passes"] for o in out) < sum(len(o.tokens) for o in out)
+    assert sum(o.stats.target_passes for o in out) < sum(len(o.tokens) for o in out)
 
 
 GREEDY_STACKS = {
@@ -176,9 +177,9 @@ def test_trained_drafts_are_lossless_and_accepted(model, prompts, reference, sta
     drafts, blocks, tree = GREEDY_STACKS[stack]
     out = generate_speculative(model, prompts, build_stack(model, drafts, blocks, tree), 40)
     assert [o.tokens for o in out] == reference
-    levels = out[0].stats["levels"][-1]
+    levels = out[0].stats.levels[-1]
     assert 0 < levels["accepted"] < levels["drafted"], levels
-    assert sum(o.stats["target_passes"] for o in out) < sum(len(o.tokens) for o in out)
+    assert sum(o.stats.target_passes for o in out) < sum(len(o.tokens) for o in out)
 
 
 def _exact_joint(model, prompt, params, length):
@@ -216,21 +217,21 @@ def test_heads_sampling_matches_the_target(model, name):
     tv = total_variation([tuple(o.tokens) for o in out], exact)
     null = null_total_variations(exact, n)
     assert tv < null[int(0.99 * len(null))], (tv, null[len(null) // 2])
-    target = out[0].stats["levels"][-1]
+    target = out[0].stats.levels[-1]
     assert target["drafted"] > 0, target
 
 
 def test_pseudo_positions_are_never_committed(model):
     """After a hidden-transfer pass and keep(), the cache holds exactly the kept tokens: the pseudo
-    nodes' slots are rolled back and their pages freed."""
+    nodes' slots are rolled back and their pages freed; the pass returns k pseudo states per row."""
     heads = HiddenTransfer(576, 3, torch.arange(1000), layer=20)
-    runner = FutureHeadsRunner(model, heads, num_pages=16)
+    runner = ModelRunner(model, num_pages=16, states=TargetStates(heads, heads.layer, heads.num_future))
     runner.add("a")
     tokens = model.tokenizer("Once upon a time").input_ids
-    logits = runner.run(["a"], [tokens], [None], [[len(tokens) - 1]])
+    logits, states = runner.score(["a"], [tokens], [None], [[len(tokens) - 1]])
     runner.keep(["a"], [list(range(len(tokens)))])
     assert runner.cache.length(runner._seq["a"]) == len(tokens) == runner.cache_length("a")
-    assert runner.candidates["a"][1].shape == (3, 1000)
+    assert states[0].shape == (1, 3, 576)
     plain = generate_autoregressive(model, [tokens], 1)[0].tokens
     assert int(logits[0][0].argmax()) == plain[0]  # real rows unchanged by the pseudo nodes
     assert runner.cache.stats()["free_pages"] == 16 - -(-len(tokens) // 16)
@@ -246,6 +247,10 @@ def test_bad_trained_draft_names_and_files(model):
     with pytest.raises(ValueError, match="no Medusa or hidden-transfer"):
         FutureHeads.load(weights_path(model, "draft-lm-1l"))
     with pytest.raises(ValueError, match="widths"):
-        HeadsDrafter(MedusaHeads(576, 3, torch.arange(10)), widths=[1, 1, 1, 1])
+        HeadsDrafter(model, MedusaHeads(576, 3, torch.arange(10)), widths=[1, 1, 1, 1])
     with pytest.raises(ValueError, match="hidden size"):
-        FutureHeadsRunner(model, MedusaHeads(64, 3, torch.arange(10)), num_pages=4)
+        HeadsDrafter(model, MedusaHeads(64, 3, torch.arange(10)))
+    with pytest.raises(ValueError, match="hidden transfer at layer 40"):
+        ModelRunner(
+            model, num_pages=4, states=TargetStates(HiddenTransfer(576, 3, torch.arange(10), 40), 40, 3)
+        )

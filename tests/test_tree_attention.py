@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICES, make_batch
+from utils import DEVICES, make_batch
 
 from pyspec import ops, reference
 from pyspec.reference import gather_kv

@@ -265,9 +265,9 @@ class Modes:
         else:
             out = generate_speculative(self.model, [ids], drafter, max_new)[0]
         seconds = time.perf_counter() - start
-        rate = out.stats.get("decode_tokens_per_second")
+        rate = out.stats.decode_tokens_per_second
         decode = (len(out.tokens) - 1) / rate if rate else None
-        return out.tokens, seconds, out.stats.get("mat"), decode
+        return out.tokens, seconds, out.stats.mat, decode
 
 
 class Journal:

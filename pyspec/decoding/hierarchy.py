@@ -190,7 +190,7 @@ def build_stack(
         if isinstance(tree, TreeShape):
             raise ValueError("heads take a tree as per-depth widths, e.g. [3, 2, 1]")
         heads = load_heads(target, drafts[0])
-        return HeadsDrafter(heads, [1] * heads.num_future if tree is None else list(tree))
+        return HeadsDrafter(target, heads, [1] * heads.num_future if tree is None else list(tree))
     drafts = [resolve_draft(target, d) for d in drafts]  # names -> models (but "ngram")
     block_sizes = list(block_sizes) if block_sizes is not None else [4] * len(drafts)
     if len(block_sizes) != len(drafts):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from pyspec.stats import RequestStats
 
 StreamCallback = Callable[[int, str], None]  # (prompt index, new text)
 
@@ -15,7 +17,7 @@ class GenerationOutput:
     tokens: list[int]
     text: str
     finish_reason: str  # "eos", "stop" (a stop string), "length" (max_new_tokens or the context)
-    stats: dict = field(default_factory=dict)
+    stats: RequestStats
 
 
 class TextTracker:
@@ -60,49 +62,3 @@ class TextTracker:
         if self.stream is not None and upto > self.sent:
             self.stream(self.index, self.text[self.sent : upto])
             self.sent = upto
-
-
-def add_token(tracker: TextTracker, token: int, eos: set[int], limit: int) -> str | None:
-    """Appends ``token`` to a sequence; returns why the sequence ends with it (``"stop"``, ``"eos"``,
-    ``"length"``) or None."""
-    if tracker.add(token):
-        return "stop"
-    if token in eos:
-        return "eos"
-    if len(tracker.tokens) >= limit:
-        return "length"
-    return None
-
-
-def collect_outputs(
-    texts: list[TextTracker],
-    finish: list[str | None],
-    prompt_lengths: list[int],
-    passes: list[int],
-    seconds: float,
-    first_step: tuple[float, list[int]] | None = None,
-    **extra,
-) -> list[GenerationOutput]:
-    """Streams what is left of every text and builds the outputs with their statistics: prompt and
-    new tokens, target passes this sequence took, MAT (new tokens per pass), wall time for the whole
-    batch, tokens per second, and ``extra`` entries. ``first_step``: the batch's first step (the
-    prompt's prefill) as (seconds, tokens each sequence had after it), giving the time to first
-    token and the decoding speed after it (``decode_tokens_per_second``, prefill excluded)."""
-    outputs = []
-    for i, tracker in enumerate(texts):
-        tracker.finish()
-        n = len(tracker.tokens)
-        first_seconds, first_tokens = first_step if first_step else (0.0, [0] * len(texts))
-        after = seconds - first_seconds
-        stats = {
-            "prompt_tokens": prompt_lengths[i],
-            "new_tokens": n,
-            "target_passes": passes[i],
-            "seconds": seconds,
-            "tokens_per_second": n / seconds if seconds > 0 else 0.0,
-            "mat": n / passes[i] if passes[i] else 0.0,
-            "ttft_seconds": first_seconds,
-            "decode_tokens_per_second": (n - first_tokens[i]) / after if after > 0 else 0.0,
-        } | extra
-        outputs.append(GenerationOutput(tracker.tokens, tracker.text, finish[i], stats))
-    return outputs

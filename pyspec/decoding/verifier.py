@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import torch
 
 from pyspec.drafters.base import Draft
-from pyspec.model_runner import ModelRunner, pages_needed
+from pyspec.kv_cache import PAGE_SIZE
+from pyspec.model_runner import ModelRunner, TargetStates, pages_needed
 from pyspec.models.llama import LlamaModel
 from pyspec.sampling import SamplingParams, probabilities
 from pyspec.stats import LevelStats
@@ -25,24 +26,28 @@ class Verified:
     num_accepted: int
     probs: torch.Tensor | None  # [len(tokens), vocab]: the verifier's distribution at each (sampling only)
     alternatives: list[list[int]] | None = None  # per emitted token, the verifier's next-ranked tokens there
+    states: torch.Tensor | None = None  # the TargetStates asked for, at the row that drew the last token
 
 
 class Verifier:
     """Runs ``model`` as the verifier of a level: call :meth:`begin`, :meth:`add` each sequence, then
-    :meth:`step` once per verification."""
+    :meth:`step` once per verification. ``states``: what the drafter of the level below asks of this
+    pass (:class:`~pyspec.model_runner.TargetStates`); each result then holds them at the row that
+    drew its last token, the drafter's input for the next step."""
 
-    def __init__(self, model: LlamaModel, name: str | None = None) -> None:
-        self.model = model
+    def __init__(
+        self, model: LlamaModel, name: str | None = None, states: TargetStates | None = None
+    ) -> None:
+        self.model, self.states = model, states
         self.stats = LevelStats(name or getattr(model, "name", "model"))
         self.runner: ModelRunner | None = None
 
-    def begin(
-        self, max_lengths: Sequence[int], num_pages: int | None = None, runner: ModelRunner | None = None
-    ) -> None:
+    def begin(self, max_lengths: Sequence[int], num_pages: int | None = None) -> None:
         """Starts a generation: a cache of ``num_pages`` pages (default: enough for sequences of
-        ``max_lengths`` tokens), or ``runner`` (see :meth:`Drafter.target_runner`)."""
+        ``max_lengths`` tokens)."""
         self.stats = LevelStats(self.stats.name)
-        self.runner = runner or ModelRunner(self.model, num_pages or pages_needed(max_lengths, 16), 16)
+        pages = num_pages or pages_needed(max_lengths, PAGE_SIZE)
+        self.runner = ModelRunner(self.model, pages, PAGE_SIZE, states=self.states)
 
     def add(self, key: Hashable) -> None:
         self.runner.add(key)
@@ -98,7 +103,9 @@ class Verifier:
                     trees[b] = torch.cat([trees[b], torch.arange(len(f) - 1, len(f) + pad - 1)])
                 f.extend([f[-1]] * pad)
                 rows[b].extend(range(len(f) - pad, len(f)))
-        logits = self.runner.run(keys, feeds, trees, rows)  # per sequence [n + 1 (+ padding), vocab]
+        logits, states = self.runner.score(
+            keys, feeds, trees, rows
+        )  # per sequence [n + 1 (+ padding), vocab]
         logits = [x[: len(d) + 1] for x, d in zip(logits, drafts, strict=True)]
         if banned is not None:
             logits = [x.clone() for x in logits]  # the runner's are inference tensors
@@ -153,6 +160,9 @@ class Verifier:
                     [t for t in r if t != tok][:alternatives]
                     for r, tok in zip(ranked, res.tokens, strict=True)
                 ]
+        if states is not None:
+            for b, res in results.items():
+                res.states = states[b][paths[b][-1] + 1 if paths[b] else 0]
         self.runner.keep(keys, [list(range(m)) + [m + v for v in paths[b]] for b, m in enumerate(pending)])
         for b, d in enumerate(drafts):
             self.stats.record(len(d), results[b].num_accepted)

@@ -2,7 +2,8 @@
 
 A drafter is created once and reused; :meth:`Drafter.begin` sets up its per-generation state (KV
 caches sized for the sequences) and :meth:`Drafter.end` drops it. Hidden-transfer layers and
-Medusa-style heads fit the same interface: they propose trees from the state a model pass left.
+Medusa-style heads fit the same interface: they declare :attr:`Drafter.target_states`, and the
+decoding core passes them the states the target's last pass left (``propose(..., target_states=)``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pyspec.model_runner import ModelRunner, pages_needed
+from pyspec.model_runner import TargetStates
 from pyspec.sampling import SamplingParams
 from pyspec.stats import LevelStats
 
@@ -52,6 +53,10 @@ class Drafter(ABC):
     vocab_size: int | None = None
     #: the most tokens one proposal can hold (sizes the KV caches of the levels above)
     max_draft: int = 0
+    #: what this drafter reads from the pass of the target verifying it (None: nothing); then
+    #: :meth:`propose` takes ``target_states``: per sequence, ``(context length, states)`` as that
+    #: pass left them at the sequence's last token, or None (no pass yet, or another context)
+    target_states: TargetStates | None = None
 
     def __init__(self, name: str) -> None:
         self.stats = LevelStats(name)
@@ -72,12 +77,6 @@ class Drafter(ABC):
 
     def end(self) -> None:  # noqa: B027
         """Frees per-generation state."""
-
-    def target_runner(self, model, max_lengths: Sequence[int]) -> ModelRunner:
-        """The runner of the model that verifies this drafter's proposals, for sequences of at most
-        ``max_lengths`` tokens. Drafters that read the verifier's own pass (Medusa heads, hidden
-        transfer) return one that also computes what they need."""
-        return ModelRunner(model, pages_needed(max_lengths, 16), 16)
 
     @abstractmethod
     def propose(

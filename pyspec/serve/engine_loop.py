@@ -131,13 +131,13 @@ class EngineLoop:
                 self._step()
             except Exception:  # a bug: fail what is running, keep serving the next requests
                 log.error("engine step failed:\n%s", traceback.format_exc())
-                for rid in [r.id for r in [*engine.running, *engine.waiting]]:
+                for rid in [r.key for r in [*engine.running, *engine.waiting]]:
                     engine.cancel(rid)
                     engine.pop(rid)
                     self._finish_error(
                         rid, APIError(500, "the engine failed on this step; see the server log")
                     )
-        for rid in [r.id for r in [*engine.running, *engine.waiting]]:
+        for rid in [r.key for r in [*engine.running, *engine.waiting]]:
             engine.cancel(rid)
             engine.pop(rid)
             self._finish_error(rid, APIError(503, "the server is shutting down", code="shutting_down"))
@@ -192,13 +192,13 @@ class EngineLoop:
 
     def _step(self) -> None:
         engine, m = self.engine, self.metrics
-        before = {r.id: len(r.text.tokens) for r in [*engine.running, *engine.waiting]}
+        before = {r.key: len(r.text.tokens) for r in [*engine.running, *engine.waiting]}
         start = time.perf_counter()
         finished = engine.step()
         now = time.perf_counter()
         for r in [*engine.running, *(engine.done[rid] for rid in finished)]:
-            new = len(r.text.tokens) - before.get(r.id, 0)
-            handle = self._handles.get(r.id)
+            new = len(r.text.tokens) - before.get(r.key, 0)
+            handle = self._handles.get(r.key)
             if new <= 0 or handle is None:
                 continue
             m.generation_tokens.labels(m.model).inc(new)
@@ -225,7 +225,7 @@ class EngineLoop:
             self.metrics.e2e.labels(self.metrics.model).observe(time.perf_counter() - handle.submitted)
             handle.push("done", out)
         else:
-            reason = out.stats.get("error", out.finish_reason)
+            reason = out.stats.error or out.finish_reason
             handle.push(
                 "error", APIError(503, f"the request was {out.finish_reason}: {reason}", code="overloaded")
             )
@@ -233,9 +233,7 @@ class EngineLoop:
     def _fail(self, rid: int, status: int, code: str) -> None:
         out = self.engine.pop(rid)
         self.metrics.failed.labels(self.metrics.model, "queue_timeout").inc()
-        self._finish_error(
-            rid, APIError(status, f"the server is busy: {out.stats.get('error', '')}", code=code)
-        )
+        self._finish_error(rid, APIError(status, f"the server is busy: {out.stats.error or ''}", code=code))
 
     def _finish_error(self, rid: int, error: APIError) -> None:
         handle = self._handles.pop(rid, None)
