@@ -4,7 +4,7 @@ The compiled ops (tree attention, ragged paged-KV append, compaction, page copie
 live in :mod:`pyspec.ops`; their plain-PyTorch specification is :mod:`pyspec.reference`.
 """
 
-from pyspec import ops, reference
+from pyspec import ops, packed_ops, reference
 from pyspec.api import generate, load_model, plan, profile_model
 from pyspec.decoding.apar import generate_apar
 from pyspec.kv_cache import OutOfPagesError, PagedKVCache
@@ -14,6 +14,7 @@ from pyspec.tree import ancestor_mask, pack_tree_masks
 
 __all__ = [
     "ops",
+    "packed_ops",
     "reference",
     "load_model",
     "load_apar_model",

@@ -5,7 +5,7 @@ Tiers, lowest first: ``generic``, ``avx2`` (AVX2, FMA, F16C: what the extension 
 highest tier the CPU (and its OS) supports runs by default. Every tier gives the same bits, so a tier
 is a speed choice only: tests run each available tier and compare. ``PYSPEC_CPU_ISA=avx2`` in the
 environment lowers the tier at import (an unknown or unsupported tier there is an error at import).
-Today the tiers differ in the q8 linear (:func:`pyspec.ops.linear_q8`); the other kernels are AVX2.
+Today the tiers differ in the q8 linear (:func:`pyspec.packed_ops.linear_q8`); the other kernels are AVX2.
 """
 
 from __future__ import annotations

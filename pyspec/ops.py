@@ -76,13 +76,10 @@ __all__ = [
     "rotary_embedding",
     "rope_inv_freq",
     "linear",
-    "linear_packed",
-    "linear_q8",
     "cpu_isa",
     "set_cpu_isa",
     "available_cpu_isas",
     "use_cpu_isa",
-    "dequantize_rows",
 ]
 
 
@@ -539,4 +536,3 @@ def _(x):
 
 
 from pyspec.cpu_isa import available_cpu_isas, cpu_isa, set_cpu_isa, use_cpu_isa  # noqa: E402  (re-exported)
-from pyspec.packed_ops import dequantize_rows, linear_packed, linear_q8  # noqa: E402  (re-exported)

@@ -1,5 +1,5 @@
-"""Ops over GGUF-packed weight rows (re-exported by :mod:`pyspec.ops`): exact linear, q8 linear,
-row dequantisation; their wrappers and fake kernels."""
+"""Ops over GGUF-packed weight rows: exact linear, q8 linear, row dequantisation; their wrappers and
+fake kernels (beside :mod:`pyspec.ops`, whose device check they share; ``import pyspec`` loads both)."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import pyspec
-from pyspec import ops
+from pyspec import ops, packed_ops
 from pyspec.cpu_isa import CPU_ISAS
 from pyspec.models.packed import PACKED_TYPES, PackedWeight
 
@@ -55,7 +55,7 @@ def test_dequantize_rows_matches_gguf(fmt):
     k = k_for(fmt)
     blocks = random_blocks(fmt, 21, k)
     ids = torch.tensor([20, 0, 7, 7, 3])
-    got = ops.dequantize_rows(torch.from_numpy(blocks), PACKED_TYPES[fmt], k, ids)
+    got = packed_ops.dequantize_rows(torch.from_numpy(blocks), PACKED_TYPES[fmt], k, ids)
     assert torch.equal(got, reference(blocks, fmt).reshape(21, k)[ids])
 
 
@@ -74,10 +74,11 @@ def test_linear_packed_is_bitwise_fp32_linear(fmt):
             torch.set_num_threads(t)
             for m in (1, 2, 3, 4, 9):
                 x = torch.randn(m, k)
-                y = ops.linear_packed(x, [blocks], [code], bias)
+                y = packed_ops.linear_packed(x, [blocks], [code], bias)
                 assert torch.equal(y, ops.linear(x, dense, bias)), (fmt, m, t)
-                assert torch.equal(ops.linear_packed(x[-1:], [blocks], [code], bias), y[-1:])  # row invariant
-                parts = ops.linear_packed(x, [blocks[:10], blocks[10:]], [code, code], bias)
+                row = packed_ops.linear_packed(x[-1:], [blocks], [code], bias)
+                assert torch.equal(row, y[-1:])  # row invariant
+                parts = packed_ops.linear_packed(x, [blocks[:10], blocks[10:]], [code, code], bias)
                 assert torch.equal(parts, y)
     finally:
         torch.set_num_threads(threads)
@@ -96,7 +97,7 @@ def test_linear_packed_mixed_formats_in_parts():
     assert w.formats == ["Q4_K", "Q6_K"] and w.shape == (18, 512)
     assert torch.equal(w.dequantize(), dense)
     x = torch.randn(5, 512)
-    assert torch.equal(ops.linear_packed(x, w.parts, w.qtypes), ops.linear(x, dense))
+    assert torch.equal(packed_ops.linear_packed(x, w.parts, w.qtypes), ops.linear(x, dense))
     rows = torch.tensor([1, 4, 13])
     assert torch.equal(w[rows].dequantize(), dense[rows])
 
@@ -106,21 +107,21 @@ def test_packed_bad_inputs_are_clear_errors():
     x = torch.randn(2, 64)
     q8 = PACKED_TYPES["Q8_0"]
     with pytest.raises(RuntimeError, match="not a packed format"):
-        ops.linear_packed(x, [blocks], [1])
+        packed_ops.linear_packed(x, [blocks], [1])
     with pytest.raises(RuntimeError, match=r"must be \[rows, 68\]"):
-        ops.linear_packed(x, [blocks[:, :60].contiguous()], [q8])
+        packed_ops.linear_packed(x, [blocks[:, :60].contiguous()], [q8])
     with pytest.raises(RuntimeError, match="multiple of"):
-        ops.linear_packed(torch.randn(2, 48), [blocks], [q8])
+        packed_ops.linear_packed(torch.randn(2, 48), [blocks], [q8])
     with pytest.raises(RuntimeError, match="uint8"):
-        ops.linear_packed(x, [blocks.float()], [q8])
+        packed_ops.linear_packed(x, [blocks.float()], [q8])
     with pytest.raises(RuntimeError, match="float32"):
-        ops.linear_packed(x.bfloat16(), [blocks], [q8])
+        packed_ops.linear_packed(x.bfloat16(), [blocks], [q8])
     with pytest.raises(RuntimeError, match="one ggml type per weight part"):
-        ops.linear_packed(x, [blocks, blocks], [q8])
+        packed_ops.linear_packed(x, [blocks, blocks], [q8])
     with pytest.raises(RuntimeError, match=r"bias must be \[N = 4\]"):
-        ops.linear_packed(x, [blocks], [q8], torch.zeros(3))
+        packed_ops.linear_packed(x, [blocks], [q8], torch.zeros(3))
     with pytest.raises(RuntimeError, match="out of range"):
-        ops.dequantize_rows(blocks, q8, 64, torch.tensor([0, 4]))
+        packed_ops.dequantize_rows(blocks, q8, 64, torch.tensor([0, 4]))
     with pytest.raises(ValueError, match="not packed formats"):
         PackedWeight([blocks], [0], 64)
 
@@ -198,7 +199,8 @@ def test_qwen_real_tensors_are_exact():
         dense = reference(blocks.numpy(), fmt).reshape(-1, k)
         for m in (1, 5):
             x = torch.randn(m, k)
-            assert torch.equal(ops.linear_packed(x, [blocks], [PACKED_TYPES[fmt]]), ops.linear(x, dense)), fmt
+            y = packed_ops.linear_packed(x, [blocks], [PACKED_TYPES[fmt]])
+            assert torch.equal(y, ops.linear(x, dense)), fmt
     assert seen == {"Q4_K", "Q6_K"}
 
 
@@ -223,7 +225,7 @@ def test_linear_q8_numerics_and_row_invariance(fmt):
     dense = reference(blocks.numpy(), fmt).reshape(n, k)
     code = PACKED_TYPES[fmt]
     x = torch.randn(9, k, generator=torch.Generator().manual_seed(5))
-    y = ops.linear_q8(x, [blocks], [code])
+    y = packed_ops.linear_q8(x, [blocks], [code])
     want = q8_reference(x, dense, 256 if fmt.endswith("_K") else 32)
     # float32 sums of K terms: within K * 2^-24 of the sum of the terms' magnitudes (Higham 3.1)
     bound = k * 2.0**-24 * (x.double().abs() @ dense.double().abs().T)
@@ -233,8 +235,8 @@ def test_linear_q8_numerics_and_row_invariance(fmt):
         for t in (1, 2):
             torch.set_num_threads(t)
             for m in (1, 2, 5):
-                assert torch.equal(ops.linear_q8(x[:m], [blocks], [code]), y[:m])
-            assert torch.equal(ops.linear_q8(x[4:5], [blocks[:7], blocks[7:]], [code, code]), y[4:5])
+                assert torch.equal(packed_ops.linear_q8(x[:m], [blocks], [code]), y[:m])
+            assert torch.equal(packed_ops.linear_q8(x[4:5], [blocks[:7], blocks[7:]], [code, code]), y[4:5])
     finally:
         torch.set_num_threads(threads)
 
@@ -255,8 +257,8 @@ def test_linear_q8_every_cpu_tier_gives_the_same_bits(fmt):
     results = {}
     for tier in tiers:
         with ops.use_cpu_isa(tier):
-            results[tier] = [ops.linear_q8(x[:m], [blocks], [code], bias) for m in (1, 3, 11)]
-            results[tier].append(ops.linear_q8(x[2:3], [blocks[:5], blocks[5:]], [code, code]))
+            results[tier] = [packed_ops.linear_q8(x[:m], [blocks], [code], bias) for m in (1, 3, 11)]
+            results[tier].append(packed_ops.linear_q8(x[2:3], [blocks[:5], blocks[5:]], [code, code]))
     first = results[tiers[0]]
     for tier in tiers[1:]:
         for a, b in zip(first, results[tier], strict=True):
@@ -289,7 +291,7 @@ def test_cpu_isa_choice_is_checked():
 def test_linear_q8_rejects_formats_it_lacks():
     blocks = torch.from_numpy(random_blocks("Q5_K", 4, 256))
     with pytest.raises(RuntimeError, match="q8 compute takes"):
-        ops.linear_q8(torch.randn(1, 256), [blocks], [PACKED_TYPES["Q5_K"]])
+        packed_ops.linear_q8(torch.randn(1, 256), [blocks], [PACKED_TYPES["Q5_K"]])
     with pytest.raises(ValueError, match="needs packed=True"):
         pyspec.load_model("smollm2-135m-instruct", compute="q8", progress=False)
 

@@ -252,10 +252,10 @@ def trim_draft(draft: Draft, fork: int, child: int) -> Draft:
 
 
 def _control_tokens(model: LlamaModel) -> tuple[int, int]:
-    ids = getattr(model, "control_tokens", None)
+    ids = model.control_tokens
     if ids is None:
         raise ValueError(
-            f"{getattr(model, 'name', 'this model')} has no [Fork]/[Child] tokens: APAR needs a model "
+            f"{model.name} has no [Fork]/[Child] tokens: APAR needs a model "
             "fine-tuned for it (pyspec.models.adapters.load_apar_model)"
         )
     return ids

@@ -132,7 +132,7 @@ class Request:
             list(prompt),
             params,
             min(max_new_tokens, room),
-            TextTracker(getattr(model, "tokenizer", None), tuple(stop), key, stream),
+            TextTracker(model.tokenizer, tuple(stop), key, stream),
             params.generator(),
             frozenset(model.config.eos_token_ids),
             time.perf_counter() if submitted is None else submitted,
@@ -231,7 +231,7 @@ class DecodeCore:
         self.step_tokens = step_tokens(policy)
         extra = self.step_tokens - 1  # the verifier's token has a slot of its context's length
         self.num_pages = num_pages or pages_needed([n + extra for n in lengths], PAGE_SIZE)
-        self.verifier = Verifier(target, getattr(target, "name", "target"), states=self.states)
+        self.verifier = Verifier(target, target.name, states=self.states)
         self.verifier.begin([], num_pages=self.num_pages)
         self.cache = self.verifier.runner.cache
         self._begun: list[Drafter] = []

@@ -56,7 +56,7 @@ class HierarchyLevel(Drafter):
             raise ValueError(f"block_size must be >= 1, got {block_size}")
         if widths is not None and (not widths or min(widths) < 1):
             raise ValueError(f"widths must be a non-empty list of positive counts, got {widths}")
-        label = f"{name or getattr(model, 'name', 'model')}(block={block_size})"
+        label = f"{name or model.name}(block={block_size})"
         super().__init__(label)
         self.lower, self.block_size, self.widths = lower, block_size, list(widths or [])
         self.verifier = Verifier(model, label)
@@ -140,7 +140,7 @@ def same_vocabulary(draft: LlamaModel, target: LlamaModel) -> bool:
     """Whether ``draft`` and ``target`` share one vocabulary (size and token ids)."""
     if draft.config.vocab_size != target.config.vocab_size:
         return False
-    dt, tt = getattr(draft, "tokenizer", None), getattr(target, "tokenizer", None)
+    dt, tt = draft.tokenizer, target.tokenizer
     return dt is None or tt is None or dt is tt or dt.get_vocab() == tt.get_vocab()
 
 
@@ -149,8 +149,8 @@ def check_vocabulary(draft: LlamaModel, target: LlamaModel) -> None:
     tokenizers to re-tokenize through (:class:`CrossTokenizerDrafter`)."""
     if same_vocabulary(draft, target):
         return
-    dn, tn = getattr(draft, "name", "draft"), getattr(target, "name", "target")
-    if getattr(draft, "tokenizer", None) is None or getattr(target, "tokenizer", None) is None:
+    dn, tn = draft.name, target.name
+    if draft.tokenizer is None or target.tokenizer is None:
         raise ValueError(
             f"draft {dn!r} has a vocabulary of {draft.config.vocab_size} tokens but the target {tn!r} has "
             f"{target.config.vocab_size}, and without both tokenizers its drafts cannot be re-tokenized"
@@ -230,7 +230,6 @@ def build_stack(
 
 def _retokenized(stack: Drafter, draft: LlamaModel, verifier: LlamaModel) -> CrossTokenizerDrafter:
     """``stack`` (proposing in ``draft``'s ids) re-tokenized for ``verifier``."""
-    names = [getattr(m, "name", "model") for m in (draft, verifier)]
     return CrossTokenizerDrafter(
-        stack, draft.tokenizer, verifier.tokenizer, name=f"retokenize({names[0]}->{names[1]})"
+        stack, draft.tokenizer, verifier.tokenizer, name=f"retokenize({draft.name}->{verifier.name})"
     )

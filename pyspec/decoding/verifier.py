@@ -39,7 +39,7 @@ class Verifier:
         self, model: LlamaModel, name: str | None = None, states: TargetStates | None = None
     ) -> None:
         self.model, self.states = model, states
-        self.stats = LevelStats(name or getattr(model, "name", "model"))
+        self.stats = LevelStats(name or model.name)
         self.runner: ModelRunner | None = None
 
     def begin(self, max_lengths: Sequence[int], num_pages: int | None = None) -> None:

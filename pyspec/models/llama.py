@@ -35,7 +35,7 @@ _linear_q8 = torch.ops.pyspec.linear_q8.default
 
 def _project(x: torch.Tensor, weight, bias: torch.Tensor | None) -> torch.Tensor:
     """``x @ weight.T + bias`` for an fp32/bf16 weight or a :class:`PackedWeight` (exact: the bits of its
-    dequantised tensor; or q8 compute, see :func:`pyspec.ops.linear_q8`)."""
+    dequantised tensor; or q8 compute, see :func:`pyspec.packed_ops.linear_q8`)."""
     if type(weight) is PackedWeight:
         return (_linear_q8 if weight.q8 else _linear_packed)(x, weight.parts, weight.qtypes, bias)
     return _linear(x, weight, bias)

@@ -265,7 +265,7 @@ def load_model(
     embeddings compute exactly as over the dequantised fp32 weights, so every token and logit is the
     same bits as with ``packed=False``. Packed models run in float32 on the CPU.
     ``compute="q8"`` (with ``packed=True``): llama.cpp-style int8 activations and integer dot products
-    (:func:`pyspec.ops.linear_q8`), faster; still row invariant, so speculation stays lossless against
+    (:func:`pyspec.packed_ops.linear_q8`), faster; still row invariant, so speculation stays lossless against
     this model's own AR decoding, but its tokens are not the fp32 model's (a different target).
 
     Example:

@@ -1,7 +1,7 @@
 """Weights kept in their GGUF blocks: a packed linear weight and the reader that loads a file packed.
 
 A :class:`PackedWeight` holds a ``[N, K]`` weight as ggml blocks (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K,
-Q5_K, Q6_K), a few bits a value. :func:`pyspec.ops.linear_packed` multiplies over it exactly: bitwise
+Q5_K, Q6_K), a few bits a value. :func:`pyspec.packed_ops.linear_packed` multiplies over it exactly: bitwise
 the fp32 linear over ``gguf.quants.dequantize``'s tensor, so a packed model gives the same tokens
 and logits as the dequantised one, in a sixth to an eighth of the memory.
 """
@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pyspec import ops
+from pyspec import packed_ops
 from pyspec.models.config import ModelConfig
 
 # ggml type codes (gguf.GGMLQuantizationType) that pyspec's kernels decode.
 PACKED_TYPES = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14}
-# Those the q8 kernels take (int8 activations, :func:`pyspec.ops.linear_q8`).
+# Those the q8 kernels take (int8 activations, :func:`pyspec.packed_ops.linear_q8`).
 Q8_TYPES = {"Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q6_K"}
 COMPUTE = ("exact", "q8")
 _TYPE_NAMES = {code: name for name, code in PACKED_TYPES.items()}
@@ -31,7 +31,7 @@ class PackedWeight:
     ``device``, row selection); :meth:`dequantize` gives that weight. Several parts let a fused
     projection keep rows stored in different formats (Q4_K_M files store some v rows in Q6_K).
     ``compute``: ``"exact"`` (bitwise the fp32 linear over :meth:`dequantize`) or ``"q8"``
-    (:func:`pyspec.ops.linear_q8`: int8 activations, faster, not fp32; a weight with a part in a
+    (:func:`pyspec.packed_ops.linear_q8`: int8 activations, faster, not fp32; a weight with a part in a
     format the q8 kernels lack stays exact, see :attr:`q8`).
 
     Example:
@@ -41,8 +41,10 @@ class PackedWeight:
         >>> packed = PackedWeight([torch.from_numpy(gguf.quants.quantize(w.numpy(), q8))], [q8], 64)
         >>> packed.shape, packed.formats
         ((6, 64), ['Q8_0'])
+        >>> from pyspec import ops
         >>> x = torch.randn(2, 64)
-        >>> torch.equal(ops.linear_packed(x, packed.parts, packed.qtypes), ops.linear(x, packed.dequantize()))
+        >>> y = packed_ops.linear_packed(x, packed.parts, packed.qtypes)
+        >>> torch.equal(y, ops.linear(x, packed.dequantize()))
         True
     """
 
@@ -79,10 +81,10 @@ class PackedWeight:
         """The fp32 rows ``ids`` (default: all) ``[n, K]``, exactly as ``gguf.quants.dequantize``."""
         if len(self.parts) == 1:
             ids = torch.arange(self.shape[0]) if ids is None else ids.long().reshape(-1)
-            return ops.dequantize_rows(self.parts[0], self.qtypes[0], self.k, ids)
+            return packed_ops.dequantize_rows(self.parts[0], self.qtypes[0], self.k, ids)
         full = torch.cat(
             [
-                ops.dequantize_rows(p, q, self.k, torch.arange(p.shape[0]))
+                packed_ops.dequantize_rows(p, q, self.k, torch.arange(p.shape[0]))
                 for p, q in zip(self.parts, self.qtypes, strict=True)
             ]
         )
@@ -143,7 +145,7 @@ class PackedLinear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
-        return (ops.linear_q8 if w.q8 else ops.linear_packed)(x, w.parts, w.qtypes, self.bias)
+        return (packed_ops.linear_q8 if w.q8 else packed_ops.linear_packed)(x, w.parts, w.qtypes, self.bias)
 
 
 def read_packed_gguf(path: Path, progress: bool = True, compute: str = "exact") -> tuple[ModelConfig, dict]:
