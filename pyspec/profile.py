@@ -27,6 +27,8 @@ from pyspec.decoding.hierarchy import same_vocabulary
 from pyspec.drafters.base import Draft, Drafter
 from pyspec.drafters.ngram import lookup
 from pyspec.hardware import hardware
+from pyspec.kv_cache import PAGE_SIZE
+from pyspec.model_runner import pages_needed
 from pyspec.models.llama import LlamaModel
 from pyspec.models.loading import ModelNotFoundError, gguf_file, load_model
 from pyspec.sampling import SamplingParams, probabilities
@@ -47,7 +49,7 @@ def forward_seconds(
     committed tokens), for each n in ``sizes``: ``{"sizes": [...], "seconds": [...]}``. Logits for
     every new token with ``score_all`` (a verification pass), else for each sequence's last (a
     drafting pass); on a CPU each scored row costs a vocabulary-sized product."""
-    cache = model.new_cache(num_pages=batch_size * (-(-(context + max(sizes)) // 16) + 1), page_size=16)
+    cache = model.new_cache(num_pages=pages_needed([context + max(sizes)] * batch_size, PAGE_SIZE))
     seqs = [cache.add_sequence() for _ in range(batch_size)]
     gen = torch.Generator().manual_seed(0)
     prefix = torch.randint(0, model.config.vocab_size, (batch_size, context), generator=gen).tolist()
@@ -121,7 +123,7 @@ def verify_step_seconds(
 
 def _logits(model: LlamaModel, sequence: list[int], start: int) -> torch.Tensor:
     """[len(sequence) - start, vocab]: the model's logits for token t given tokens < t."""
-    cache = model.new_cache(num_pages=-(-len(sequence) // 16) + 1, page_size=16)
+    cache = model.new_cache(num_pages=pages_needed([len(sequence)], PAGE_SIZE))
     seq = cache.add_sequence()
     batch = StepBatch.build(cache, [seq], [sequence])
     with torch.inference_mode():

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from pyspec.drafters.base import Draft, Drafter
+from pyspec.kv_cache import PAGE_SIZE
 from pyspec.model_runner import ModelRunner, pages_needed
 from pyspec.models.llama import LlamaModel
 from pyspec.sampling import SamplingParams, probabilities
@@ -135,7 +136,8 @@ class ModelDrafter(Drafter):
     def begin(self, max_lengths: Sequence[int]) -> None:
         super().begin(max_lengths)
         tree_room = self.max_draft  # uncommitted tree nodes past the context
-        self.runner = ModelRunner(self.model, pages_needed([n + tree_room for n in max_lengths], 16), 16)
+        pages = pages_needed([n + tree_room for n in max_lengths], PAGE_SIZE)
+        self.runner = ModelRunner(self.model, pages, PAGE_SIZE)
 
     def add(self, key: Hashable) -> None:
         self.runner.add(key)

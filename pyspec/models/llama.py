@@ -16,7 +16,7 @@ from torch import nn
 
 from pyspec import ops
 from pyspec.batch import StepBatch
-from pyspec.kv_cache import PagedKVCache
+from pyspec.kv_cache import PAGE_SIZE, PagedKVCache
 from pyspec.models.config import ModelConfig
 from pyspec.models.packed import PackedLinear, PackedWeight
 
@@ -279,7 +279,7 @@ class LlamaModel(nn.Module):
         draft.inv_freq = self.inv_freq
         return draft.eval()
 
-    def new_cache(self, num_pages: int, page_size: int = 16) -> PagedKVCache:
+    def new_cache(self, num_pages: int, page_size: int = PAGE_SIZE) -> PagedKVCache:
         """An empty paged KV cache shaped for this model (same dtype and device)."""
         c = self.config
         return PagedKVCache(
