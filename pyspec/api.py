@@ -62,7 +62,7 @@ def generate(
     Example:
         >>> model = load_model("smollm2-135m-instruct")  # doctest: +SKIP
         >>> generate(model, "Write a haiku about tea.", max_new_tokens=32)[0].text  # doctest: +SKIP
-        >>> generate(model, "Write a haiku about tea.", drafts=["ngram"])[0].stats["mat"]  # doctest: +SKIP
+        >>> generate(model, "Write a haiku about tea.", drafts=["ngram"])[0].stats.mat  # doctest: +SKIP
         >>> hot = SamplingParams(temperature=0.8, top_p=0.95, seed=1)
         >>> same = generate(model, "Hi", temperature=0.8, top_p=0.95, seed=1)  # doctest: +SKIP
         >>> generate(model, "Hi", sampling=hot)[0].tokens == same[0].tokens  # doctest: +SKIP
