@@ -67,52 +67,85 @@ inline float exp2_neg(float x) { return exp2_neg(splat(x))[0]; }
 
 // S[r][j] = Q[r] . K_j for `rows` rows and the tile's `count` keys. Each score is one dot product over
 // d in lane d % kLanes (fused multiply-adds, the last partial vector zero-padded), then reduce_lanes:
-// it depends only on q and k, never on how many rows or keys share the call.
-template <typename T>
-inline void scores_rows(const float* Q, int64_t rows, int64_t dp, int64_t d, const T* const* krow, int count,
-                        float* S) {
-  for (int j0 = 0; j0 < count; j0 += 4) {
-    const T* k[4];
-    for (int j = 0; j < 4; ++j) k[j] = krow[std::min(j0 + j, count - 1)];  // a short group repeats its last key
-    for (int64_t r = 0; r < rows; ++r) {
-      const float* q = Q + r * dp;
-      vfloat acc[4] = {};
-      for (int64_t c = 0; c < d; c += kLanes) {
-        const vfloat qv = load(q + c);  // Q is zero-padded to dp
+// it depends only on q and k, never on how many rows or keys share the call. Blocks of 4 keys x RB
+// rows keep 4 RB independent sums in registers (one row alone would wait on the FMA latency).
+template <int RB, bool Full, typename T>
+inline void scores_block(const float* Q, int64_t dp, int64_t d, const T* const (&k)[4], float* S, int j0,
+                         int count) {
+  vfloat acc[4][RB] = {};
+  for (int64_t c = 0; c < d; c += kLanes) {
+    vfloat qv[RB];
 #pragma GCC unroll 4
-        for (int j = 0; j < 4; ++j) acc[j] = fmadd(load_n(k[j] + c, d - c), qv, acc[j]);
-      }
-      float s[4];
-      reduce_lanes4(acc[0], acc[1], acc[2], acc[3], s);
-      for (int j = 0; j < 4 && j0 + j < count; ++j) S[r * kTile + j0 + j] = s[j];
+    for (int r = 0; r < RB; ++r) qv[r] = load(Q + r * dp + c);  // Q is zero-padded to dp
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) {
+      const vfloat kv = Full ? load(k[j] + c) : load_n(k[j] + c, d - c);
+#pragma GCC unroll 4
+      for (int r = 0; r < RB; ++r) acc[j][r] = fmadd(kv, qv[r], acc[j][r]);
     }
+  }
+  for (int r = 0; r < RB; ++r) {
+    float s[4];
+    reduce_lanes4(acc[0][r], acc[1][r], acc[2][r], acc[3][r], s);
+    for (int j = 0; j < 4 && j0 + j < count; ++j) S[r * kTile + j0 + j] = s[j];
   }
 }
 
-// O[r] += sum_{j < count} P[r][j] V_j for RB rows, over head-dim columns [c0, c0 + kLanes * NV).
-template <int RB, int NV, typename T>
+template <bool Full, typename T>
+inline void scores_rows_of(const float* Q, int64_t rows, int64_t dp, int64_t d, const T* const* krow, int count,
+                           float* S) {
+  for (int j0 = 0; j0 < count; j0 += 4) {
+    const T* k[4];
+    for (int j = 0; j < 4; ++j) k[j] = krow[std::min(j0 + j, count - 1)];  // a short group repeats its last key
+    int64_t r = 0;
+    for (; r + 3 <= rows; r += 3) scores_block<3, Full>(Q + r * dp, dp, d, k, S + r * kTile, j0, count);
+    if (rows - r == 2) scores_block<2, Full>(Q + r * dp, dp, d, k, S + r * kTile, j0, count);
+    if (rows - r == 1) scores_block<1, Full>(Q + r * dp, dp, d, k, S + r * kTile, j0, count);
+  }
+}
+
+template <typename T>
+inline void scores_rows(const float* Q, int64_t rows, int64_t dp, int64_t d, const T* const* krow, int count,
+                        float* S) {
+  if (d == dp) scores_rows_of<true>(Q, rows, dp, d, krow, count, S);  // whole vectors: no partial loads
+  else scores_rows_of<false>(Q, rows, dp, d, krow, count, S);
+}
+
+// O[r] += sum_{j < count} P[r][j] V_j for RB rows, over head-dim columns [c0, c0 + kLanes * NV): each
+// output a fused multiply-add per key, in key order. RB x NV accumulators, RB weights and one V vector
+// fit the 16 vector registers of AVX2 (more would spill the accumulators to the stack).
+template <int RB, int NV, bool Full, typename T>
 inline void pv_block(const float* P, const T* const* vrow, int64_t dp, int64_t d, int count, int64_t c0, float* O) {
   vfloat acc[RB][NV];
   for (int r = 0; r < RB; ++r)
     for (int v = 0; v < NV; ++v) acc[r][v] = load(O + r * dp + c0 + v * kLanes);
   for (int j = 0; j < count; ++j) {
     vfloat p[RB];
+#pragma GCC unroll 4
     for (int r = 0; r < RB; ++r) p[r] = splat(P[r * kTile + j]);
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
       const int64_t c = c0 + v * kLanes;
-      const vfloat x = load_n(vrow[j] + c, d - c);
-      for (int r = 0; r < RB; ++r) acc[r][v] += p[r] * x;
+      const vfloat x = Full ? load(vrow[j] + c) : load_n(vrow[j] + c, d - c);
+#pragma GCC unroll 4
+      for (int r = 0; r < RB; ++r) acc[r][v] = fmadd(p[r], x, acc[r][v]);
     }
   }
   for (int r = 0; r < RB; ++r)
     for (int v = 0; v < NV; ++v) store(O + r * dp + c0 + v * kLanes, acc[r][v]);
 }
 
+template <int RB, bool Full, typename T>
+inline void pv_rows_of(const float* P, const T* const* vrow, int64_t dp, int64_t d, int count, float* O) {
+  int64_t c = 0;
+  for (; c + 4 * kLanes <= dp; c += 4 * kLanes) pv_block<RB, 4, Full>(P, vrow, dp, d, count, c, O);
+  for (; c < dp; c += kLanes) pv_block<RB, 1, Full>(P, vrow, dp, d, count, c, O);
+}
+
 template <int RB, typename T>
 inline void pv_rows(const float* P, const T* const* vrow, int64_t dp, int64_t d, int count, float* O) {
-  int64_t c = 0;
-  for (; c + 4 * kLanes <= dp; c += 4 * kLanes) pv_block<RB, 4>(P, vrow, dp, d, count, c, O);
-  for (; c < dp; c += kLanes) pv_block<RB, 1>(P, vrow, dp, d, count, c, O);
+  if (d == dp) pv_rows_of<RB, true>(P, vrow, dp, d, count, O);
+  else pv_rows_of<RB, false>(P, vrow, dp, d, count, O);
 }
 
 // Online-softmax state of `rows` query rows; Q is pre-scaled by softmax_scale * log2(e).
@@ -173,7 +206,7 @@ inline void attend_tile(RowsState& st, int64_t r0, int64_t nr, const int* counts
   }
   // Rows whose list ends earlier have p = 0 past their count: adding 0 * V leaves them unchanged.
   float* O = st.O.data() + r0 * dp;
-  for (r = 0; r + 3 <= nr; r += 3) pv_rows<3>(S + r * kTile, vrow, dp, d, max_count, O + r * dp);
+  for (r = 0; r + 2 <= nr; r += 2) pv_rows<2>(S + r * kTile, vrow, dp, d, max_count, O + r * dp);
   for (; r < nr; ++r) pv_rows<1>(S + r * kTile, vrow, dp, d, max_count, O + r * dp);
 }
 
@@ -261,8 +294,10 @@ std::vector<AttentionItem> plan_tree_attention(const TreeAttentionParams<T>& p, 
 
 // Row pointers of logical keys [x0, x0 + count) of a sequence's kv head `head` into the caches;
 // slot_of(x) maps a logical index to its cache slot. The rows of the next tile's keys (up to
-// `list_end`) are prefetched, so that DRAM streams them while this tile computes; the `first` tile of
-// a loop prefetches its own rows too.
+// `list_end`) are prefetched into L2, so that DRAM streams them while this tile computes; the `first`
+// tile of a loop prefetches its own rows too. A head's rows are short runs at a stride (the other
+// heads' rows lie between), which the hardware prefetchers miss; prefetched into L1 instead, a tile's
+// 256 lines queue on L1's few miss buffers (Zen 4: decoding 1 token over 1024 keys 1.5x slower).
 template <typename T, typename SlotOf>
 void tile_rows(const TreeAttentionParams<T>& p, int64_t seq, int64_t head, int64_t x0, int count, int64_t list_end,
                bool first, SlotOf slot_of, const T** krow, const T** vrow) {
@@ -276,8 +311,8 @@ void tile_rows(const TreeAttentionParams<T>& p, int64_t seq, int64_t head, int64
   for (int64_t x = first ? x0 : x0 + count; x < ahead_end; ++x) {
     const int64_t off = p.tables.offset(p.kv, seq, slot_of(x), head);
     for (int64_t c = 0; c < bytes; c += 64) {
-      __builtin_prefetch(reinterpret_cast<const char*>(p.k_cache + off) + c);
-      __builtin_prefetch(reinterpret_cast<const char*>(p.v_cache + off) + c);
+      __builtin_prefetch(reinterpret_cast<const char*>(p.k_cache + off) + c, 0, 2);  // prefetcht1: into L2
+      __builtin_prefetch(reinterpret_cast<const char*>(p.v_cache + off) + c, 0, 2);
     }
   }
 }
