@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+from utils import ByteTokenizer
 
 import pyspec
 from planner.plan import Choice, Plan
@@ -23,30 +24,13 @@ from pyspec.spec import SpecConfig, planner_candidates, read_plan
 PROMPTS = ["abcabcabcab", "the cat and the hat and the"]
 
 
-class Bytes:
-    """UTF-8 bytes as token ids, no chat template."""
-
-    class Encoding:
-        def __init__(self, ids):
-            self.input_ids = ids
-
-    def __call__(self, text, add_special_tokens=False):
-        return self.Encoding(list(text.encode()))
-
-    def decode(self, ids, skip_special_tokens=False):
-        return bytes(ids).decode(errors="replace")
-
-    def get_vocab(self):
-        return {f"<0x{i:02X}>": i for i in range(256)}
-
-
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
     cfg = ModelConfig(
         vocab_size=256, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64
     )
-    tiny = LlamaModel(cfg, name="tiny-bytes", tokenizer=Bytes())
+    tiny = LlamaModel(cfg, name="tiny-bytes", tokenizer=ByteTokenizer())
     for name, p in tiny.named_parameters():
         if "norm" not in name:
             p.copy_(torch.randn_like(p) * 0.3)

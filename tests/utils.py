@@ -108,7 +108,7 @@ class ByteTokenizer:
     def __call__(self, text, add_special_tokens=False):
         return self.Encoding(list(text.encode()))
 
-    def decode(self, ids):
+    def decode(self, ids, skip_special_tokens=False):
         return bytes(ids).decode(errors="replace")
 
     def get_vocab(self):
