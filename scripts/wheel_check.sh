@@ -194,7 +194,7 @@ if "site-packages" not in str(WEIGHTS_DIR):
 model = pyspec.load_model("smollm2-135m-instruct")
 plain = pyspec.generate(model, "Say hi.", max_new_tokens=8)[0]
 drafted = pyspec.generate(model, "Say hi.", max_new_tokens=8, drafts=["draft-lm-1l"])[0]
-print(f"   {drafted.text!r}; stats: { {k: v for k, v in drafted.stats.items() if not isinstance(v, (list, dict))} }")
+print(f"   {drafted.text!r}; stats: { {k: v for k, v in drafted.stats.as_dict().items() if not isinstance(v, (list, dict))} }")
 if drafted.tokens != plain.tokens:
     sys.exit(f"   draft-lm-1l's tokens {drafted.tokens} differ from plain greedy decoding's {plain.tokens}")
 print("   the same tokens as plain greedy decoding")
