@@ -183,23 +183,28 @@ def _apar(args: argparse.Namespace) -> int:
     def decode(depth: int, draft: bool, show: bool):
         drafter = build_stack(model, ["ngram"], [4]) if draft else None
         stream = (lambda _, text: print(text, end="", flush=True)) if show else None
-        kw = dict(max_new_tokens=args.max_new_tokens, sampling=sampling, max_streams=args.max_streams)
+        kw = dict(
+            max_new_tokens=args.max_new_tokens,
+            max_child_tokens=args.max_child_tokens,
+            sampling=sampling,
+            max_streams=args.max_streams,
+        )
         return generate_apar(model, ids, max_depth=depth, drafter=drafter, stream=stream, **kw)[0]
 
     out = decode(1, args.draft == "ngram", True)
     s = out.stats
     print(
-        f"\n\n[APAR{' + n-gram drafts' if args.draft else ''}: {s.forks} forks, {s.new_tokens} tokens "
-        f"in {s.target_passes} steps ({s.mat:.2f} per step), {s.new_tokens / s.seconds:.1f} "
-        f"tokens/s, peak KV {s.peak_pages} pages, finished by {out.finish_reason}]",
+        f"\n\n[APAR{' + n-gram drafts' if args.draft else ''}: {s.forks} forks, a {s.answer_tokens}-token "
+        f"answer in {s.target_passes} steps and {s.seconds:.2f} s ({s.new_tokens} tokens generated, "
+        f"{s.mat:.2f} per step), peak KV {s.peak_pages} pages, finished by {out.finish_reason}]",
         file=sys.stderr,
     )
     if args.compare:
         seq = decode(0, False, False).stats  # no forks
         print(
-            f"[sequential decoding of the same model: {seq.new_tokens} tokens in {seq.target_passes} steps, "
-            f"{seq.new_tokens / seq.seconds:.1f} tokens/s, peak KV {seq.peak_pages} pages; APAR took "
-            f"{seq.target_passes / s.target_passes:.2f}x fewer steps]",
+            f"[sequential decoding of the same model (forks banned): a {seq.answer_tokens}-token answer "
+            f"in {seq.target_passes} steps and {seq.seconds:.2f} s, peak KV {seq.peak_pages} pages; APAR "
+            f"took {s.seconds / seq.seconds:.2f}x the time]",
             file=sys.stderr,
         )
     return 0
@@ -300,7 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ap = sub.add_parser("apar", help="APAR: SmolLM2 fine-tuned to fork its answer into parallel streams")
     ap.add_argument("--prompt", required=True)
-    ap.add_argument("--max-new-tokens", type=int, default=256, help="per stream")
+    ap.add_argument("--max-new-tokens", type=int, default=256, help="the whole answer's tokens at most")
+    ap.add_argument("--max-child-tokens", type=int, default=None, help="per child (default: all)")
     ap.add_argument("--max-streams", type=int, default=8, help="streams running at once (more children wait)")
     ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     ap.add_argument("--seed", type=int, default=None)

@@ -78,8 +78,9 @@ class RequestStats:
     prompt's prefill), after which it held ``first_tokens`` tokens. ``levels``: per level of the
     speculative stack, bottom first (the target last), its passes, time and acceptance
     (:meth:`LevelStats.as_dict`; empty for plain decoding). ``peak_pages``: the most target KV pages
-    in use after a step of the batch it ran in. APAR answers also count ``forks`` and
-    ``max_live_streams``; ``new_tokens`` then counts every stream's.
+    in use after a step of the batch it ran in. APAR answers also count ``forks``,
+    ``max_live_streams`` and ``answer_tokens`` (the reassembled answer's tokens, at most
+    ``max_new_tokens``); ``new_tokens`` then counts every token its streams generated.
 
     Example:
         >>> s = RequestStats(prompt_tokens=5, new_tokens=12, target_passes=4, seconds=2.0,
@@ -100,6 +101,7 @@ class RequestStats:
     peak_pages: int = 0
     forks: int = 0
     max_live_streams: int = 1
+    answer_tokens: int = 0
 
     @property
     def mat(self) -> float:

@@ -16,7 +16,7 @@ from utils import null_total_variations, total_variation
 
 from pyspec.api import encode_prompts
 from pyspec.batch import StepBatch
-from pyspec.decoding.apar import generate_apar, trim_draft
+from pyspec.decoding.apar import Stream, generate_apar, trim_draft
 from pyspec.decoding.hierarchy import build_stack
 from pyspec.drafters.base import Draft, Drafter
 from pyspec.kv_cache import OutOfPagesError
@@ -33,6 +33,7 @@ STRUCTURED = [
 
 
 MAX_STREAMS = 3  # below the forks of an answer: children wait for a free stream
+ANSWER = 64  # max_new_tokens: the whole answer's bound
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def model():
 @pytest.fixture(scope="module")
 def outputs(model):
     ids = encode_prompts(model, STRUCTURED)
-    return ids, generate_apar(model, ids, max_new_tokens=40, max_streams=MAX_STREAMS)
+    return ids, generate_apar(model, ids, max_new_tokens=ANSWER, max_streams=MAX_STREAMS)
 
 
 # The recipe -----------------------------------------------------------------------------------------
@@ -157,7 +158,10 @@ def test_every_stream_is_the_models_own_greedy_decoding(model, outputs):
     for out in outs:
         for i, s in enumerate(out.streams):
             start = len(s["context"]) - len(s["tokens"])
-            assert s["tokens"] and s["context"][start:] == s["tokens"]
+            assert s["context"][start:] == s["tokens"]
+            if not s["tokens"]:  # a child dropped before it ran: beyond the answer's bound
+                assert s["finish"] == "cut"
+                continue
             if s["parent"] is not None:  # the parent's context up to this child's [Fork], then [Child]
                 parent = out.streams[s["parent"]]
                 nth = [j for j, o in enumerate(out.streams) if o["parent"] == s["parent"]].index(i)
@@ -168,6 +172,8 @@ def test_every_stream_is_the_models_own_greedy_decoding(model, outputs):
 
 
 def test_fork_rules_and_reassembly(model, outputs):
+    """The answer is the paragraph tree read in order (each [Fork] replaced by its child's text), cut
+    after ``max_new_tokens`` tokens; a child ends at its item's line break."""
     _, outs = outputs
     fork, child = model.control_tokens
     for out in outs:
@@ -176,18 +182,49 @@ def test_fork_rules_and_reassembly(model, outputs):
             assert child not in s["tokens"]
             if s["depth"] >= 1:
                 assert fork not in s["tokens"]  # max_depth=1
+                assert "\n" not in s["text"].strip()  # the item's line break ends it
+                assert s["finish"] in ("stop", "item", "length", "cut")
         main = out.streams[0]["text"]
         heads = main.split(FORK)
         children = [s["text"] for s in out.streams[1:]]
-        assert out.text == "".join(h + c for h, c in zip(heads, children + [""], strict=True))
+        whole = "".join(h + c for h, c in zip(heads, children + [""], strict=True))
+        assert whole.startswith(out.text) and out.text.strip()
+        assert 0 < out.stats.answer_tokens <= ANSWER
+        if out.finish_reason == "stop":
+            assert out.text == whole
+        else:
+            assert out.stats.answer_tokens == ANSWER
+    assert any(s["finish"] == "stop" for out in outs for s in out.streams[1:])
+
+
+def test_a_child_ends_at_its_first_line_break_after_text():
+    """The item-end rule on token texts: leading line breaks are kept, the first one after text ends
+    the item, and the text before it on that token is kept as the stream's tail."""
+    s = Stream(None, 1, 0, 1, [], 0, cap=8)
+    assert [s._ends_item(t) for t in ("\n", " ", " Sleep", " well")] == [False] * 4
+    assert s._ends_item(".\n\n") and s.tail == "."
+    t = Stream(None, 1, 0, 1, [], 0, cap=8)
+    assert not t._ends_item(" \n") and t._ends_item(" A\n") and t.tail == " A"
+
+
+def _same_answer(a, b) -> None:
+    """Two schedules of one request: the same answer; each stream's tokens are a prefix of the other's
+    (a stream beyond the bound stops once the schedule shows it, which may take more or fewer steps)."""
+    assert a.text == b.text and a.stats.answer_tokens == b.stats.answer_tokens
+    assert a.finish_reason == b.finish_reason
+    for x, y in zip(a.streams, b.streams, strict=False):
+        n = min(len(x["tokens"]), len(y["tokens"]))
+        assert x["tokens"][:n] == y["tokens"][:n] and x["parent"] == y["parent"]
 
 
 def test_stream_limit_only_delays_children(model, outputs):
     ids, outs = outputs
-    wide = generate_apar(model, ids, max_new_tokens=40, max_streams=16)
-    for a, b in zip(outs, wide, strict=True):
-        assert [s["tokens"] for s in a.streams] == [s["tokens"] for s in b.streams]
-        assert a.stats.target_passes >= b.stats.target_passes
+    wide = generate_apar(model, ids, max_new_tokens=ANSWER, max_streams=16)
+    one = generate_apar(model, ids, max_new_tokens=ANSWER, max_streams=1)
+    for a, b, c in zip(outs, wide, one, strict=True):
+        _same_answer(a, b)
+        _same_answer(a, c)
+        assert c.stats.target_passes >= a.stats.target_passes >= b.stats.target_passes
     assert any(b.stats.max_live_streams > MAX_STREAMS for b in wide)  # the limit did bind
 
 
@@ -212,14 +249,13 @@ def test_speculative_apar_is_token_identical_and_streams_in_reading_order(model,
     spec = generate_apar(
         model,
         ids,
-        max_new_tokens=40,
+        max_new_tokens=ANSWER,
         max_streams=MAX_STREAMS,
         drafter=build_stack(model, ["ngram"], [4]),
         stream=lambda r, text: pieces[r].append(text),
     )
     for a, b in zip(plain, spec, strict=True):
-        assert [s["tokens"] for s in a.streams] == [s["tokens"] for s in b.streams]
-        assert a.text == b.text
+        _same_answer(a, b)
     assert [len(x) for x in pieces.values()] and all("".join(pieces[i]) == spec[i].text for i in pieces)
     assert sum(o.stats.target_passes for o in spec) <= sum(o.stats.target_passes for o in plain)
 
@@ -236,11 +272,24 @@ def test_head_drafters_in_apar_are_token_identical(model, outputs):
     for name in ("medusa", "hidden-transfer"):
         heads = FutureHeads.load(WEIGHTS_DIR / "smollm2-135m-instruct" / f"{name}.safetensors")
         drafter = HeadsDrafter(model, heads, widths=[2, 1])
-        spec = generate_apar(model, ids, max_new_tokens=40, max_streams=MAX_STREAMS, drafter=drafter)
+        spec = generate_apar(model, ids, max_new_tokens=ANSWER, max_streams=MAX_STREAMS, drafter=drafter)
         for a, b in zip(plain, spec, strict=True):
-            assert [s["tokens"] for s in a.streams] == [s["tokens"] for s in b.streams], name
+            _same_answer(a, b)
         target = spec[0].stats.levels[-1]
         assert target["drafted"] > 0 and target["accepted"] > 0, (name, target)
+
+
+def test_max_child_tokens_bounds_each_child(model, outputs):
+    """A per-child bound shortens the children that reach it and nothing before them."""
+    ids, plain = outputs
+    short = generate_apar(model, ids, max_new_tokens=ANSWER, max_streams=MAX_STREAMS, max_child_tokens=3)
+    for a, b in zip(plain, short, strict=True):
+        for x, y in zip(a.streams, b.streams, strict=False):  # a stream never sees its siblings
+            n = min(len(x["tokens"]), len(y["tokens"]))
+            assert x["tokens"][:n] == y["tokens"][:n]
+        for y in b.streams[1:]:
+            assert len(y["tokens"]) <= 3 and (y["finish"] != "length" or len(y["tokens"]) == 3)
+    assert any(s["finish"] == "length" for out in short for s in out.streams[1:])
 
 
 def test_sampling_is_seeded_and_never_samples_child(model):
@@ -361,6 +410,8 @@ def test_clear_errors(model):
         generate_apar(plain, [[1, 2, 3]])
     with pytest.raises(ValueError, match="empty"):
         generate_apar(model, [[]])
+    with pytest.raises(ValueError, match="max_child_tokens"):
+        generate_apar(model, [[1, 2, 3]], max_child_tokens=0)
     with pytest.raises(OutOfPagesError):
         generate_apar(model, encode_prompts(model, STRUCTURED[:1]), max_new_tokens=40, num_pages=3)
     with pytest.raises(FileNotFoundError, match="no APAR adapter"):
