@@ -51,12 +51,14 @@ def outputs(model):
 
 
 def test_list_reply_is_cut_into_heads_and_children():
-    reply = "Here you go:\n\n1. Sleep: eight hours.\n   More rest.\n2. Eat: greens.\n3. Walk: daily.\n\nBye."
+    reply = "Here you go:\n\n1. Sleep: eight hours.\n2. Eat: greens.\n3. Walk: daily.\n\nBye."
     tree = reply_tree(reply)
     assert tree.kind == "list"
     assert tree.heads == ("Here you go:\n\n1. Sleep:", "\n2. Eat:", "\n3. Walk:", "\n\nBye.")
-    assert tree.children == (" eight hours.\n   More rest.", " greens.", " daily.")
+    assert tree.children == (" eight hours.", " greens.", " daily.")
     assert tree.text() == reply
+    # a child is one line (decoding ends it at its line break): items spanning lines are not cut
+    assert reply_tree(reply.replace("eight hours.", "eight hours.\n   More rest.")) is None
 
 
 def test_paragraph_fallback_and_filters():
@@ -70,6 +72,7 @@ def test_paragraph_fallback_and_filters():
     )
     assert tree.text() == reply
     assert reply_tree("One.\n\nTwo.") is None  # too few paragraphs
+    assert reply_tree("One. Two.\nMore.\n\nThree. Four.\n\nFive. Six.") is None  # a two-line child
     assert not is_clean("See https://example.org for more.")
     assert not is_clean("Use `pip install` first.")
     assert not is_clean("So 3 * 4 = 12.")
@@ -84,6 +87,7 @@ def test_every_sharegpt_tree_reassembles_its_reply():
         if tree is not None:
             assert tree.text() == conv.reply
             assert len(tree.heads) == len(tree.children) + 1 >= 4
+            assert not any("\n" in c for c in tree.children)
             seen += 1
     assert seen > 50
 

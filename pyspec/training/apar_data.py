@@ -3,7 +3,8 @@
 A reply with a numbered list of at least three ``N. Title: details`` items keeps each item's head in the
 main stream, followed by the control token ``[Fork]``; the item's details go to a child stream that
 starts with ``[Child]``. Without such a list, a reply of at least three paragraphs keeps each
-paragraph's first sentence and forks the rest. Replies with code, maths or URLs are left out. Each
+paragraph's first sentence and forks the rest. A child's text is one line and ends with the end
+token, as a child ends at its item's line break when decoding (:mod:`pyspec.decoding.apar`). Replies with code, maths or URLs are left out. Each
 structured reply yields one main example (loss on the main stream) and one example per child (the
 prefix is the main stream up to and including its ``[Fork]``; loss on the child only), and is mixed
 about 50/50 with unstructured replies (plain examples, no forks), so the model learns when not to fork.
@@ -59,7 +60,8 @@ def is_clean(text: str) -> bool:
 def list_tree(reply: str) -> ReplyTree | None:
     """The numbered-list form: items ``1. Title: details`` numbered 1, 2, 3, ... (at least three with
     details); each head ends after the title's colon and the details, up to the next item (or, for the
-    last, to the end of its paragraph), go to a child. ``None`` if the reply has no such list."""
+    last, to the end of its paragraph), go to a child. ``None`` if the reply has no such list or an
+    item's details span more than one line (a child ends at its first line break when decoding)."""
     starts = [m for m in _ITEM.finditer(reply)]
     # the first run of consecutive numbers starting at 1
     run = []
@@ -78,8 +80,9 @@ def list_tree(reply: str) -> ReplyTree | None:
         item = reply[start:end]
         line = item.split("\n", 1)[0]
         colon = line.find(":")
-        if colon < 0 or colon + 1 > MAX_HEAD_CHARS or not item[colon + 1 :].strip():
-            return None
+        details = item[colon + 1 :].strip()
+        if colon < 0 or colon + 1 > MAX_HEAD_CHARS or not details or "\n" in details:
+            return None  # decoding ends a child at its line break: its details must be one line
         heads.append(reply[cursor : start + colon + 1])
         children.append(reply[start + colon + 1 : end])
         cursor = end
@@ -89,8 +92,8 @@ def list_tree(reply: str) -> ReplyTree | None:
 
 def paragraph_tree(reply: str) -> ReplyTree | None:
     """The paragraph fallback: at least three paragraphs; a paragraph of two or more sentences keeps its
-    first sentence and forks the rest (the separator after it included). ``None`` if fewer than three
-    paragraphs, or fewer than three of them would fork."""
+    first sentence and forks the rest (the separator after it included) if the rest is one line.
+    ``None`` if fewer than three paragraphs, or fewer than three of them would fork."""
     bounds = [0] + [m.end() for m in re.finditer(r"\n\s*\n", reply)]
     if len(bounds) < MIN_ITEMS:
         return None
@@ -99,8 +102,8 @@ def paragraph_tree(reply: str) -> ReplyTree | None:
         end = bounds[i + 1] if i + 1 < len(bounds) else len(reply)
         para = reply[start:end]
         cut = _SENTENCE_END.search(para.rstrip())
-        if cut is None or _ITEM.match(para):
-            continue
+        if cut is None or _ITEM.match(para) or "\n" in para.rstrip()[cut.end() :]:
+            continue  # stays in the main stream: a child is one line
         split = start + cut.end()
         heads.append(reply[cursor:split])
         children.append(reply[split:end])
