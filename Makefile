@@ -134,7 +134,8 @@ train-apar: setup
 	$(PY) -m pyspec.training --threads 2 apar --tokens $(APAR_TOKENS) --out $(APAR_DIR)
 	$(PY) -m pyspec.training --threads 2 apar --own 320 --init $(APAR_DIR) --tokens $(APAR_OWN_TOKENS) --out $(APAR_DIR)
 
-# APAR against the same model decoding sequentially: steps, tokens/s, peak KV, forks; with n-gram drafts.
+# APAR against the base model decoding sequentially: time to the complete answer, steps, peak KV,
+# answer length and quality (log-likelihood, Qwen's pairwise judgment when installed); with n-gram drafts.
 bench-apar: setup
 	mkdir -p results/apar
 	$(PY) benchmarks/apar.py --examples results/apar/examples.json | tee results/apar/bench.txt

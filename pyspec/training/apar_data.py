@@ -1,13 +1,13 @@
 """APAR training data from ShareGPT (docs/papers.md §3): replies rewritten into a paragraph tree.
 
 A reply with a numbered list of at least three ``N. Title: details`` items keeps each item's head in the
-main stream, followed by the control token ``[Fork]``; the item's details go to a child stream that
-starts with ``[Child]``. Without such a list, a reply of at least three paragraphs keeps each
-paragraph's first sentence and forks the rest. A child's text is one line and ends with the end
-token, as a child ends at its item's line break when decoding (:mod:`pyspec.decoding.apar`). Replies with code, maths or URLs are left out. Each
-structured reply yields one main example (loss on the main stream) and one example per child (the
-prefix is the main stream up to and including its ``[Fork]``; loss on the child only), and is mixed
-about 50/50 with unstructured replies (plain examples, no forks), so the model learns when not to fork.
+main stream, followed by the control token ``[Fork]``; the item's details go to a child stream that starts
+with ``[Child]``. Without such a list, a reply of at least three paragraphs keeps each paragraph's first
+sentence and forks the rest. A child's text is one line and ends with the end token, as a child ends at its
+item's line break when decoding (:mod:`pyspec.decoding.apar`). Replies with code, maths or URLs are left
+out. Each structured reply yields one main example (loss on the main stream) and one example per child (the
+prefix is the main stream up to and including its ``[Fork]``; loss on the child only), and is mixed about
+50/50 with unstructured replies (plain examples, no forks), so the model learns when not to fork.
 
 Reassembling the tree (each head, then its child, then the next head) gives the reply's text back.
 The target's own replies to the same prompts (:mod:`pyspec.training.apar_own`) can be cut first, so
