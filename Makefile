@@ -124,15 +124,19 @@ bench-drafts: setup
 	$(PY) benchmarks/drafts.py
 
 # APAR: SmolLM2-135M-Instruct fine-tuned (LoRA adapter, peft) to fork its answers into parallel
-# streams, in two stages as shipped: on ShareGPT replies rewritten into paragraph trees, then
-# continued with the model's own replies to 320 training prompts cut first (about 2.5 hours on 2 CPU
-# cores; a GPU is used when present; each stage resumes). Writes pyspec/weights/smollm2-135m-instruct/apar/.
+# streams, in three stages as shipped: on ShareGPT replies rewritten into paragraph trees, continued
+# with the model's own replies to 320 training prompts cut first, then a short stage on the recipe
+# whose children are one line and end at their item (48 own replies; the shipped run wrote to
+# /tmp/apar-new, then copied). About 2.5 hours on 2 CPU cores; a GPU is used when present; each stage
+# resumes. Writes pyspec/weights/smollm2-135m-instruct/apar/.
 APAR_DIR := pyspec/weights/smollm2-135m-instruct/apar
 APAR_TOKENS ?= 120000
 APAR_OWN_TOKENS ?= 96000
+APAR_ITEM_TOKENS ?= 30000
 train-apar: setup
 	$(PY) -m pyspec.training --threads 2 apar --tokens $(APAR_TOKENS) --out $(APAR_DIR)
 	$(PY) -m pyspec.training --threads 2 apar --own 320 --init $(APAR_DIR) --tokens $(APAR_OWN_TOKENS) --out $(APAR_DIR)
+	$(PY) -m pyspec.training --threads 2 apar --own 48 --init $(APAR_DIR) --tokens $(APAR_ITEM_TOKENS) --out $(APAR_DIR)
 
 # APAR against the base model decoding sequentially: time to the complete answer, steps, peak KV,
 # answer length and quality (log-likelihood, Qwen's pairwise judgment when installed); with n-gram drafts.
